@@ -1,0 +1,62 @@
+"""Shared config pieces: `file.py:k=v,k=v` argument parsing and the default run recipe."""
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses 'k=v,k=v' (a bare 'k' means True) into the typed `defaults`; unknown keys raise."""
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, _, value = item.partition('=')
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f'Unknown config argument {key!r}; known: {", ".join(sorted(defaults))}.')
+    if not _:
+      value = 'true'
+    out[key] = _cast(value.strip(), defaults[key], key)
+  return out
+
+
+def _cast(value: str, default: Any, key: str) -> Any:
+  if isinstance(default, bool):
+    if value.lower() not in ('true', 'false', '1', '0'):
+      raise ValueError(f'Config argument {key}={value!r} must be true or false.')
+    return value.lower() in ('true', '1')
+  try:
+    return type(default)(value) if default is not None else value
+  except ValueError as e:
+    raise ValueError(f'Config argument {key}={value!r} is not a {type(default).__name__}.') from e
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """One run: model, optional teacher + method, data, optimizer, schedule, logging, checkpoints."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.num_classes = 1000
+  c.method = 'ce'
+  c.batch_size = 128
+  c.eval_batch_size = 256
+  c.total_steps = 0            # > 0 overrides epochs.
+  c.epochs = 1.0
+  c.log_every = 50
+  c.eval_every = 0             # 0: evaluate only at the end.
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.depthwise_impl = 'auto'
+  c.model = ml_collections.ConfigDict({'name': 'resnet50', 'kwargs': {}})
+  c.teacher = ml_collections.ConfigDict(
+      {'name': '', 'checkpoint': '', 'dtype': 'float32', 'kwargs': {}})
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=4e-3, min_lr=1e-6, warmup_steps=0, warmup_init_lr=0.0, weight_decay=0.05, b1=0.9,
+      b2=0.999, eps=1e-8, grad_clip=0.0, grad_accum_steps=1))
+  c.mix = ml_collections.ConfigDict(dict(
+      mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, mix_prob=1.0, label_smoothing=0.1))
+  c.data = ml_collections.ConfigDict(dict(
+      source='tfds', seed=0, num_train=0, num_eval=0, image_size=224, shift=0))
+  # Method hyper-parameters (paper code defaults; see lkd_jax/distill/methods.py).
+  c.kd_alpha = 0.1
+  c.kd_temperature = 3.0
+  return c

@@ -1,0 +1,46 @@
+"""Input pipelines: the embedded synthetic task and TFDS datasets, one batch format for both.
+
+A batch is a dict of host numpy arrays for this process: 'image' uint8 NHWC, 'label' int32 and, for
+evaluation, 'mask' bool (False on padding). Augmentations that both models must share (mixup,
+cutmix) run on device inside the fused step (lkd_jax/data/mix.py).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator, NamedTuple
+
+import jax
+import ml_collections
+
+Batch = dict
+
+
+class Dataset(NamedTuple):
+  train: Callable[[int], Iterator[Batch]]   # start_step -> endless train batches
+  eval: Callable[[], Iterator[Batch]]       # one padded, masked pass over the eval split
+  num_classes: int
+  num_train: int
+  image_size: int
+
+
+def build(cfg: ml_collections.ConfigDict) -> Dataset:
+  """The dataset named by cfg.data.source ('synthetic' or 'tfds') for this process."""
+  if cfg.data.source == 'synthetic':
+    return _synthetic(cfg)
+  if cfg.data.source == 'tfds':
+    from lkd_jax.data import tfds_pipeline
+    return tfds_pipeline.build(cfg)
+  raise ValueError(f"Unknown data.source {cfg.data.source!r}; use 'synthetic' or 'tfds'.")
+
+
+def _synthetic(cfg: ml_collections.ConfigDict) -> Dataset:
+  from lkd_jax.data import synthetic
+  d = cfg.data
+  train_x, train_y = synthetic.make_split(d.seed, 'train', d.num_train, d.image_size)
+  val_x, val_y = synthetic.make_split(d.seed, 'validation', d.num_eval, d.image_size)
+  proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  return Dataset(
+      train=lambda start: synthetic.train_batches(
+          train_x, train_y, batch_size=cfg.batch_size, seed=cfg.seed, start_step=start,
+          shift=d.shift, **proc),
+      eval=lambda: synthetic.eval_batches(val_x, val_y, batch_size=cfg.eval_batch_size, **proc),
+      num_classes=synthetic.NUM_CLASSES, num_train=d.num_train, image_size=d.image_size)

@@ -1,0 +1,50 @@
+"""A job chains runs: train the teacher, the baseline student (CE) and the distilled student, then report."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from lkd_jax import report, train
+
+
+def stage_config(config: ml_collections.ConfigDict, stage: str, workdir: str
+                 ) -> ml_collections.ConfigDict:
+  """The run config of one stage: the job config minus job keys, plus the stage's overrides."""
+  cfg = ml_collections.ConfigDict(config.to_dict())
+  overrides = cfg.stage_overrides[stage].to_dict()
+  del cfg['stages'], cfg['stage_overrides']
+  cfg.update_from_flattened_dict(_flatten(overrides))
+  if stage == 'distilled' and not cfg.teacher.checkpoint:
+    cfg.teacher.checkpoint = os.path.join(workdir, 'teacher')
+  return cfg
+
+
+def _flatten(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def run_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs each stage in workdir/<stage> (resuming finished or partial ones) and writes the report."""
+  train.write_config(config, workdir)
+  results, cfgs = {}, {}
+  for stage in config.stages:
+    cfgs[stage] = stage_config(config, stage, workdir)
+    logging.info('=== stage %s: model %s, method %s ===', stage, cfgs[stage].model.name,
+                 cfgs[stage].method)
+    results[stage] = train.train_and_evaluate(cfgs[stage], os.path.join(workdir, stage))
+  rep = report.build(results['teacher']['accuracy'], results['student']['accuracy'],
+                     results['distilled']['accuracy'], seed=config.seed,
+                     teacher=cfgs['teacher'].model.name, student=cfgs['student'].model.name,
+                     method=cfgs['distilled'].method)
+  report.write(rep, workdir)
+  print(report.to_markdown(rep), flush=True)
+  return rep

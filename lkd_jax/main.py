@@ -1,0 +1,25 @@
+"""Entry point: python -m lkd_jax.main --config configs/demo.py[:k=v,...] --workdir DIR."""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :k=v,k=v arguments.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and the report.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  import jax
+  import tensorflow as tf
+  tf.config.set_visible_devices([], 'GPU')  # TF (tf.data, writers) must never take an accelerator.
+  from lkd_jax import train
+  logging.info('JAX process %d/%d, %d local / %d global devices (%s).', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.default_backend())
+  train.run(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,143 @@
+"""Shared layers with the reference PyTorch numerics stated explicitly (DESIGN §5).
+
+Every depthwise convolution in the model zoo goes through `depthwise_conv`, so its
+implementation can be chosen per platform and shape in one place.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lkd_jax.models import depthwise as _dw
+
+TORCH_BN_EPS = 1e-5
+TORCH_BN_MOMENTUM = 0.9  # flax convention: running = m * running + (1 - m) * batch; torch momentum 0.1.
+
+# The depthwise implementations live in depthwise.py; these names are the public entry points.
+DEPTHWISE_IMPLS = _dw.DEPTHWISE_IMPLS
+depthwise_conv = _dw.depthwise_conv
+_depthwise_impl = 'auto'  # mirrors depthwise.get_depthwise_impl() for callers that save/restore it.
+
+
+def set_depthwise_impl(impl: str) -> None:
+  """Selects the depthwise implementation used by every model built or called afterwards."""
+  global _depthwise_impl
+  _dw.set_depthwise_impl(impl)
+  _depthwise_impl = impl
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact (erf) GELU, as torch.nn.GELU."""
+  return jax.nn.gelu(x, approximate=False)
+
+
+class DepthwiseConv(nnx.Module):
+  """Depthwise conv, stride 1, 'same' padding per axis; kernel stored as (kh, kw, 1, C) like nnx.Conv."""
+
+  def __init__(self, channels: int, kernel_size: tuple[int, int], *, use_bias: bool = False,
+               rngs: nnx.Rngs):
+    kh, kw = kernel_size
+    init = nnx.initializers.variance_scaling(1.0 / 3, 'fan_in', 'uniform', in_axis=(0, 1, 2),
+                                             out_axis=3)  # torch's kaiming_uniform(a=sqrt(5)).
+    self.kernel = nnx.Param(init(rngs.params(), (kh, kw, 1, channels)))
+    self.bias = nnx.Param(jnp.zeros((channels,))) if use_bias else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = depthwise_conv(x, self.kernel[...][:, :, 0, :])
+    return y if self.bias is None else y + self.bias[...]
+
+
+class BatchNorm(nnx.Module):
+  """BatchNorm with PyTorch semantics: biased batch variance to normalise, unbiased one into running_var."""
+
+  def __init__(self, num_features: int, *, eps: float = TORCH_BN_EPS,
+               momentum: float = TORCH_BN_MOMENTUM, scale_init: float = 1.0):
+    self.scale = nnx.Param(jnp.full((num_features,), scale_init, jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+    self.eps, self.momentum = eps, momentum
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if train:
+      axes = tuple(range(x.ndim - 1))
+      xf = x.astype(jnp.float32)
+      mean = xf.mean(axes)
+      var = jnp.maximum((xf * xf).mean(axes) - mean * mean, 0.0)
+      n = x.size // x.shape[-1]
+      m = self.momentum
+      self.mean[...] = m * self.mean[...] + (1 - m) * jax.lax.stop_gradient(mean)
+      self.var[...] = m * self.var[...] + (1 - m) * jax.lax.stop_gradient(var * n / max(n - 1, 1))
+    else:
+      mean, var = self.mean[...], self.var[...]
+    inv = jax.lax.rsqrt(var + self.eps) * self.scale[...]
+    return (x * inv.astype(x.dtype) + (self.bias[...] - mean * inv).astype(x.dtype))
+
+
+class DropPath(nnx.Module):
+  """Stochastic depth per sample (timm's drop_path with scale_by_keep)."""
+
+  def __init__(self, rate: float, *, rngs: nnx.Rngs):
+    self.rate = rate
+    self.rngs = rngs['dropout'].fork() if rate > 0 else None
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if not train or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return x * mask.astype(x.dtype) / keep
+
+
+def layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  """LayerNorm over the channel (last) axis with an explicit epsilon."""
+  return nnx.LayerNorm(dim, epsilon=eps, rngs=rngs)
+
+
+def conv(cin: int, cout: int, k: int | tuple[int, int], *, stride: int = 1, padding: int | None = None,
+         use_bias: bool = True, rngs: nnx.Rngs, **kwargs) -> nnx.Conv:
+  """Dense conv with PyTorch's explicit symmetric zero padding (default k//2)."""
+  kh, kw = (k, k) if isinstance(k, int) else k
+  ph, pw = (kh // 2, kw // 2) if padding is None else (padding, padding)
+  return nnx.Conv(cin, cout, (kh, kw), strides=stride, padding=((ph, ph), (pw, pw)),
+                  use_bias=use_bias, rngs=rngs, **kwargs)
+
+
+def drop_path_rates(rate: float, depths: list[int] | tuple[int, ...]) -> list[float]:
+  """Linearly increasing stochastic-depth rates over all blocks (timm/ConvNeXt rule)."""
+  total = sum(depths)
+  return [rate * i / max(total - 1, 1) for i in range(total)]
+
+
+def trunc_normal_init(model: nnx.Module, rngs: nnx.Rngs, std: float = 0.02) -> None:
+  """timm/ConvNeXt init: trunc_normal(std) on every conv/linear weight, zero biases."""
+  init = nnx.initializers.truncated_normal(std)
+  mods = [m for _, m in model.iter_modules() if isinstance(m, (nnx.Conv, nnx.Linear, DepthwiseConv))]
+  keys = jax.random.split(rngs.params(), len(mods))  # one RNG draw: each draw is slow under tracing.
+  for key, m in zip(keys, mods):
+    # New Variables rather than `[...] =`: in-place writes are slow under nnx.eval_shape tracing.
+    m.kernel = nnx.Param(init(key, m.kernel.shape))
+    if m.bias is not None:
+      m.bias = nnx.Param(jnp.zeros(m.bias.shape))
+
+
+class Mlp(nnx.Module):
+  """timm Mlp: fc1 -> exact GELU -> fc2."""
+
+  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs):
+    self.fc1 = nnx.Linear(dim, hidden, rngs=rngs)
+    self.fc2 = nnx.Linear(hidden, dim, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.fc2(gelu(self.fc1(x)))
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float,
+              bias: jax.Array | None = None) -> jax.Array:
+  """softmax(q k^T * scale + bias) v over (..., heads, tokens, head_dim); softmax in float32."""
+  logits = jnp.einsum('...qd,...kd->...qk', q * scale, k)
+  if bias is not None:
+    logits = logits + bias
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+  return jnp.einsum('...qk,...kd->...qd', probs, v)

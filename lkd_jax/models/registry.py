@@ -1,0 +1,45 @@
+"""Model registry: name -> constructor returning an NNX module with `model(x, train) -> (logits, feats)`."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from flax import nnx
+
+_REGISTRY: dict[str, Callable[..., nnx.Module]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., nnx.Module]], Callable[..., nnx.Module]]:
+  """Decorator registering a constructor `fn(num_classes=..., rngs=..., **kw)` under `name`."""
+  def wrap(fn: Callable[..., nnx.Module]) -> Callable[..., nnx.Module]:
+    if name in _REGISTRY:
+      raise ValueError(f'Model {name!r} registered twice.')
+    _REGISTRY[name] = fn
+    return fn
+  return wrap
+
+
+def _ensure_loaded() -> None:
+  # Importing the family modules fills the registry.
+  from lkd_jax.models import convnext, resnet, slak  # noqa: F401
+  for optional in ('swin', 'vit', 'cswin'):
+    try:
+      __import__(f'lkd_jax.models.{optional}')
+    except ModuleNotFoundError as e:
+      if e.name != f'lkd_jax.models.{optional}':
+        raise
+
+
+def names() -> list[str]:
+  """All registered model names, sorted."""
+  _ensure_loaded()
+  return sorted(_REGISTRY)
+
+
+def create(name: str, *, num_classes: int, seed: int = 0, **kwargs: Any) -> nnx.Module:
+  """Builds model `name`; raises a ValueError listing the known names for an unknown one."""
+  _ensure_loaded()
+  if name not in _REGISTRY:
+    raise ValueError(f'Unknown model {name!r}. Known models: {", ".join(sorted(_REGISTRY))}. '
+                     'Run `python -m lkd_jax.models --list` for sizes.')
+  return _REGISTRY[name](num_classes=num_classes, rngs=nnx.Rngs(params=seed, dropout=seed + 1),
+                         **kwargs)

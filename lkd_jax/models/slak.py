@@ -1,0 +1,190 @@
+"""SLaK (Liu et al., ICLR 2023) and the paper's BatchNorm ConvNeXt student, mirroring VITA-Group/SLaK models/SLaK.py.
+
+Module names equal the PyTorch ones (`downsample_layers.i.j`, `stages.i.j.large_kernel.LoRA1.conv`, ...)
+so a state_dict converts by rule. Each large kernel K with small edge N is, with `decom=True`,
+BN(dw_KxN(x)) + BN(dw_NxK(x)) + BN(dw_NxN(x)); with `decom=False` it is BN(dw_KxK(x)) (+ BN(dw_NxN(x)) if N < K).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lkd_jax.models import layers
+from lkd_jax.models.registry import register
+
+LN_EPS = 1e-6
+# 'branches': the reference's parallel conv+BN branches (trainable); 'merged': one BN-folded KxK kernel + bias
+# per unit (eval only, for a frozen teacher). Same eval output within float rounding.
+INFERENCE_FORMS = ('branches', 'merged')
+
+
+class ConvBN(nnx.Module):
+  """Bias-free depthwise conv followed by its own BatchNorm (`conv`, `bn` as in the reference)."""
+
+  def __init__(self, dim: int, kernel_size: tuple[int, int], *, rngs: nnx.Rngs):
+    self.conv = layers.DepthwiseConv(dim, kernel_size, rngs=rngs)
+    self.bn = layers.BatchNorm(dim)
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    return self.bn(self.conv(x), train)
+
+  def fused(self) -> tuple[jax.Array, jax.Array]:
+    """Eval-mode kernel (kh, kw, C) and bias with the BatchNorm folded in."""
+    bn = self.bn
+    inv = bn.scale[...] * jax.lax.rsqrt(bn.var[...] + bn.eps)
+    return self.conv.kernel[...][:, :, 0, :] * inv, bn.bias[...] - bn.mean[...] * inv
+
+
+class ReparamLargeKernelConv(nnx.Module):
+  """SLaK's large-kernel unit (reference `ReparamLargeKernelConv`)."""
+
+  def __init__(self, dim: int, kernel: int, small: int, decom: bool, *, rngs: nnx.Rngs):
+    self.kernel, self.small, self.decom = kernel, small, decom
+    if decom:
+      self.LoRA1 = ConvBN(dim, (kernel, small), rngs=rngs)
+      self.LoRA2 = ConvBN(dim, (small, kernel), rngs=rngs)
+    else:
+      self.lkb_origin = ConvBN(dim, (kernel, kernel), rngs=rngs)
+    self.small_conv = ConvBN(dim, (small, small), rngs=rngs) if small < kernel else None
+
+  def branches(self) -> list[ConvBN]:
+    """The parallel conv+BN branches whose outputs are summed."""
+    out = [self.LoRA1, self.LoRA2] if self.decom else [self.lkb_origin]
+    return out + ([self.small_conv] if self.small_conv is not None else [])
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    return sum(b(x, train) for b in self.branches())
+
+  def merged_kernel(self) -> tuple[jax.Array, jax.Array]:
+    """One KxK kernel + bias equal to the eval-mode sum of the BN-fused branches (centre-aligned)."""
+    size = max(max(b.conv.kernel.shape[:2]) for b in self.branches())
+    total, bias = None, 0.0
+    for b in self.branches():
+      k, c = b.fused()
+      ph, pw = (size - k.shape[0]) // 2, (size - k.shape[1]) // 2
+      k = jnp.pad(k, ((ph, ph), (pw, pw), (0, 0)))
+      total = k if total is None else total + k
+      bias = bias + c
+    return total, bias
+
+
+class MergedLargeKernel(nnx.Module):
+  """Inference form of a large-kernel unit: one KxK depthwise kernel + bias (`lkb_reparam`, RepLKNet's name)."""
+
+  def __init__(self, dim: int, kernel: int, *, rngs: nnx.Rngs):
+    self.lkb_reparam = layers.DepthwiseConv(dim, (kernel, kernel), use_bias=True, rngs=rngs)
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    del train  # Eval-only form: the BatchNorms are folded in.
+    return self.lkb_reparam(x)
+
+
+def merge_large_kernels(model: nnx.Module) -> nnx.Module:
+  """Replaces, in place, every `ReparamLargeKernelConv` by its eval-mode `MergedLargeKernel`; returns `model`."""
+  for _, m in list(model.iter_modules()):
+    if isinstance(m, Block) and isinstance(m.large_kernel, ReparamLargeKernelConv):
+      kernel, bias = m.large_kernel.merged_kernel()
+      merged = MergedLargeKernel(kernel.shape[-1], kernel.shape[0], rngs=nnx.Rngs(0))
+      merged.lkb_reparam.kernel[...] = kernel[:, :, None, :]
+      merged.lkb_reparam.bias[...] = bias
+      m.large_kernel = merged
+  return model
+
+
+class Block(nnx.Module):
+  """x + drop_path(gamma * pwconv2(GELU(pwconv1(LN(large_kernel(x))))))."""
+
+  def __init__(self, dim: int, kernel: int, small: int, decom: bool, drop_path: float,
+               layer_scale: float, *, merged: bool = False, rngs: nnx.Rngs):
+    self.large_kernel = (MergedLargeKernel(dim, kernel, rngs=rngs) if merged else
+                         ReparamLargeKernelConv(dim, kernel, small, decom, rngs=rngs))
+    self.norm = layers.layer_norm(dim, LN_EPS, rngs)
+    self.pwconv1 = nnx.Linear(dim, 4 * dim, rngs=rngs)
+    self.pwconv2 = nnx.Linear(4 * dim, dim, rngs=rngs)
+    self.gamma = nnx.Param(jnp.full((dim,), layer_scale)) if layer_scale > 0 else None
+    self.drop_path = layers.DropPath(drop_path, rngs=rngs)
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = self.pwconv2(layers.gelu(self.pwconv1(self.norm(self.large_kernel(x, train)))))
+    if self.gamma is not None:
+      y = y * self.gamma[...]
+    return x + self.drop_path(y, train)
+
+
+class SLaK(nnx.Module):
+  """ConvNeXt macro structure with SLaK large-kernel units; returns (logits, {'stage1'..'stage4'})."""
+
+  def __init__(self, *, num_classes: int, depths: Sequence[int], dims: Sequence[int],
+               kernel_size: Sequence[int], width_factor: float = 1.0, decom: bool = True,
+               drop_path_rate: float = 0.0, layer_scale_init_value: float = 1e-6,
+               head_init_scale: float = 1.0, in_chans: int = 3, inference_form: str = 'branches',
+               rngs: nnx.Rngs):
+    if inference_form not in INFERENCE_FORMS:
+      raise ValueError(f'inference_form must be one of {INFERENCE_FORMS}, got {inference_form!r}.')
+    dims = [int(d * width_factor) for d in dims]
+    self.kernel_size, self.decom = tuple(kernel_size), decom
+    self.inference_form = inference_form
+    stem = nnx.List([layers.conv(in_chans, dims[0], 4, stride=4, padding=0, rngs=rngs),
+                     layers.layer_norm(dims[0], LN_EPS, rngs)])
+    downs = [nnx.List([layers.layer_norm(dims[i], LN_EPS, rngs),
+                       layers.conv(dims[i], dims[i + 1], 2, stride=2, padding=0, rngs=rngs)])
+             for i in range(3)]
+    self.downsample_layers = nnx.List([stem] + downs)
+    rates = iter(layers.drop_path_rates(drop_path_rate, depths))
+    self.stages = nnx.List([
+        nnx.List([self.make_block(i, dims[i], next(rates), layer_scale_init_value, rngs)
+                  for _ in range(depths[i])])
+        for i in range(4)])
+    self.norm = layers.layer_norm(dims[-1], LN_EPS, rngs)
+    self.head = nnx.Linear(dims[-1], num_classes, rngs=rngs)
+    _trunc_normal_init(self, rngs)
+    if head_init_scale != 1.0:
+      self.head.kernel = nnx.Param(self.head.kernel[...] * head_init_scale)
+      self.head.bias = nnx.Param(self.head.bias[...] * head_init_scale)
+
+  def make_block(self, stage: int, dim: int, drop_path: float, layer_scale: float,
+                 rngs: nnx.Rngs) -> nnx.Module:
+    """One block of `stage` (subclasses swap the block type)."""
+    return Block(dim, self.kernel_size[stage], self.kernel_size[-1], self.decom, drop_path,
+                 layer_scale, merged=self.inference_form == 'merged', rngs=rngs)
+
+  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    feats = {}
+    for i in range(4):
+      for layer in self.downsample_layers[i]:  # stem: conv, LN; downsampling: LN, conv.
+        x = layer(x)
+      for blk in self.stages[i]:
+        x = blk(x, train)
+      feats[f'stage{i + 1}'] = x
+    logits = self.head(self.norm(x.mean(axis=(1, 2))))
+    return logits, feats
+
+
+def _trunc_normal_init(model: nnx.Module, rngs: nnx.Rngs) -> None:
+  layers.trunc_normal_init(model, rngs)
+
+
+_SLAK_KERNELS = (51, 49, 47, 13, 5)
+
+
+def _slak(depths, dims, kernel_size=_SLAK_KERNELS, width_factor=1.3, decom=True):
+  def build(*, num_classes: int, rngs: nnx.Rngs, **kw) -> SLaK:
+    cfg = dict(depths=depths, dims=dims, kernel_size=kernel_size, width_factor=width_factor,
+               decom=decom)
+    cfg.update(kw)
+    return SLaK(num_classes=num_classes, rngs=rngs, **cfg)
+  return build
+
+
+register('slak_t')(_slak((3, 3, 9, 3), (96, 192, 384, 768)))
+register('slak_s')(_slak((3, 3, 27, 3), (96, 192, 384, 768)))
+register('slak_b')(_slak((3, 3, 27, 3), (128, 256, 512, 1024)))
+# The paper's ConvNeXt students: SLaK code with kernel 7, no decomposition, width 1.0 (BN after the 7x7 dw conv).
+register('convnext_t_bn')(_slak((3, 3, 9, 3), (96, 192, 384, 768), (7, 7, 7, 7, 100), 1.0, False))
+register('convnext_s_bn')(_slak((3, 3, 27, 3), (96, 192, 384, 768), (7, 7, 7, 7, 100), 1.0, False))
+# Tiny variants for tests and CPU demos (timm's 'atto' naming); kernels sized for 64-128 px inputs.
+register('slak_atto')(_slak((1, 1, 2, 1), (16, 32, 64, 128), (15, 13, 11, 7, 3), 1.3, True))
+register('convnext_bn_atto')(_slak((1, 1, 2, 1), (16, 32, 64, 128), (7, 7, 7, 7, 100), 1.0, False))

@@ -1,0 +1,34 @@
+"""Optimizer from config: AdamW, linear warm-up + cosine decay, weight decay off 1-D params, accumulation."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import optax
+
+
+def weight_decay_mask(params: Any) -> Any:
+  """True for params that get weight decay: everything with ndim > 1 (no biases, norms, layer scales)."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make(cfg: ml_collections.ConfigDict, total_steps: int
+         ) -> tuple[optax.GradientTransformation, Callable[[Any], Any]]:
+  """(transformation, lr_fn of the micro-step) for `total_steps` micro-steps (MultiSteps if accum > 1)."""
+  o = cfg.optim
+  accum = max(1, o.grad_accum_steps)
+  updates = max(1, total_steps // accum)
+  warmup = min(o.warmup_steps, updates - 1)
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=o.warmup_init_lr, peak_value=o.lr, warmup_steps=warmup, decay_steps=updates,
+      end_value=o.min_lr)
+  chain = []
+  if o.grad_clip > 0:
+    chain.append(optax.clip_by_global_norm(o.grad_clip))
+  chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+                           mask=weight_decay_mask))
+  tx = optax.chain(*chain)
+  if accum > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=accum)
+  return tx, lambda step: schedule(step // accum)

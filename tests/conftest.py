@@ -1,0 +1,34 @@
+"""Test setup: 8 fake CPU devices (set before JAX is imported), repo root on sys.path, shared fixtures."""
+import os
+import sys
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _eight_devices():
+  assert jax.device_count() == 8, 'tests expect 8 fake CPU devices (XLA_FLAGS set too late?)'
+
+
+def tiny_run_config(**overrides):
+  """A seconds-long CE run of resnet_atto on 32x32 glyph pairs."""
+  from configs import common
+  c = common.base_config()
+  c.num_classes = 10
+  c.model.name = 'resnet_atto'
+  c.batch_size = 16
+  c.eval_batch_size = 32
+  c.total_steps = 6
+  c.log_every = 2
+  c.checkpoint_every = 3
+  c.data.update(source='synthetic', num_train=64, num_eval=40, image_size=32, shift=2)
+  c.optim.update(lr=1e-3, warmup_steps=2)
+  c.mix.update(mixup_alpha=0.8, cutmix_alpha=1.0)
+  c.update_from_flattened_dict(overrides)
+  return c
