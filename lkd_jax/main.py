@@ -1,4 +1,6 @@
 """Entry point: python -m lkd_jax.main --config configs/demo.py[:k=v,...] --workdir DIR."""
+import logging as pylogging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -9,8 +11,14 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and the re
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def _quiet_orbax(record) -> bool:
+  # Orbax logs several INFO lines per save; keep its warnings and errors only.
+  return record.levelno >= pylogging.WARNING or '/orbax/' not in record.pathname
+
+
 def main(argv: list[str]) -> None:
   del argv
+  logging.get_absl_handler().addFilter(_quiet_orbax)
   import jax
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')  # TF (tf.data, writers) must never take an accelerator.

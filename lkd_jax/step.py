@@ -29,6 +29,7 @@ class TrainState:
   params: Any        # {'student': nnx.State of Params, 'projector': nnx.State or {}}
   batch_stats: Any   # student nnx.State of BatchStats
   opt_state: Any
+  ema: Any = None    # {'params', 'batch_stats'} exponential moving average of the student, or None
 
 
 class Graphs(NamedTuple):
@@ -96,8 +97,14 @@ def train_step(state: TrainState, teacher_state: Any, batch: dict[str, jax.Array
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=lr_fn(state.step))
+  ema = state.ema
+  if ema is not None:
+    # Per micro-step decay d^(1/k): over k accumulation steps (params constant) it equals one d step.
+    rate = 1.0 - cfg.ema_decay ** (1.0 / max(1, cfg.optim.grad_accum_steps))
+    ema = optax.incremental_update({'params': params['student'], 'batch_stats': batch_stats},
+                                   ema, step_size=rate)
   new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
-                         opt_state=opt_state)
+                         opt_state=opt_state, ema=ema)
   return new_state, metrics
 
 

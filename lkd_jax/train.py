@@ -95,8 +95,11 @@ def _init_state(config, student, projector, tx) -> tuple[step_lib.TrainState, st
   graph, params, batch_stats, rest = step_lib.split_student(student)
   p_graph, p_params = (None, {}) if projector is None else nnx.split(projector, nnx.Param)
   all_params = {'student': params, 'projector': p_params}
+  ema = None
+  if config.ema_decay > 0:
+    ema = jax.tree.map(jnp.copy, {'params': params, 'batch_stats': batch_stats})
   state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=all_params,
-                              batch_stats=batch_stats, opt_state=tx.init(all_params))
+                              batch_stats=batch_stats, opt_state=tx.init(all_params), ema=ema)
   return state, step_lib.Graphs(graph, rest, p_graph, None)
 
 
@@ -125,11 +128,11 @@ def evaluate(eval_fn, params, batch_stats, batches, mesh) -> dict[str, float]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains one student (optionally distilled from a frozen teacher); returns the final eval metrics."""
   method = _validate(config)
-  write_config(config, workdir)
   layers.set_depthwise_impl(config.depthwise_impl)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
-  data = data_lib.build(config)
+  data = data_lib.build(config)  # A missing dataset fails here, before anything is written.
+  write_config(config, workdir)
   if data.num_classes != config.num_classes:
     raise ValueError(f'config.num_classes={config.num_classes} but the dataset has '
                      f'{data.num_classes} classes.')
@@ -161,7 +164,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       in_shardings=(repl, repl, batch_sh), out_shardings=(repl, repl), donate_argnums=(0,))
   eval_fn = jax.jit(functools.partial(step_lib.eval_step, graph=graphs.student,
                                       rest=graphs.student_rest))
-  do_eval = lambda s: evaluate(eval_fn, s.params['student'], s.batch_stats, data.eval(), mesh)
+
+  def do_eval(s: step_lib.TrainState) -> dict[str, float]:
+    out = evaluate(eval_fn, s.params['student'], s.batch_stats, data.eval(), mesh)
+    if s.ema is not None:
+      ema = evaluate(eval_fn, s.ema['params'], s.ema['batch_stats'], data.eval(), mesh)
+      out.update({f'ema_{k}': v for k, v in ema.items() if k != 'count'})
+    return out
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start == 0:

@@ -17,7 +17,7 @@ def test_deterministic_per_seed():
 def test_rule_holds_and_only_the_two_glyphs_are_white():
   for i in range(200):
     img, label, f = synthetic.example(0, 'train', i)
-    assert label == (f['shape_a'] + f['shape_b']) % 5 + 5 * (f['ya'] < f['yb'])
+    assert label == (f['shape_a'] if f['ya'] < f['yb'] else 5 + f['shape_b'])
     assert f['xa'] + synthetic.GLYPH <= 64 // 3 and f['xb'] >= 64 - 64 // 3
     assert abs(f['ya'] - f['yb']) >= 4
     expected = np.zeros((64, 64), bool)
@@ -31,10 +31,12 @@ def test_labels_cover_all_classes_and_glyph_alone_is_uninformative():
   _, labels = synthetic.make_split(0, 'train', 2000)
   counts = np.bincount(labels, minlength=10)
   assert counts.min() > 120
-  shapes_a = np.array([synthetic.example(0, 'train', i)[2]['shape_a'] for i in range(2000)])
-  # Every class occurs with every shape of A: A alone does not determine the label.
-  for k in range(10):
-    assert len(set(shapes_a[labels == k])) == 5
+  factors = [synthetic.example(0, 'train', i)[2] for i in range(2000)]
+  # Neither glyph alone determines the label: fixing one glyph's shape leaves 6 possible labels.
+  for side in ('shape_a', 'shape_b'):
+    shapes = np.array([f[side] for f in factors])
+    for s in range(5):
+      assert len(set(labels[shapes == s])) == 6
 
 
 def test_batches_resume_exactly_and_eval_counts_each_example_once():

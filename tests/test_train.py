@@ -16,7 +16,7 @@ def _params(workdir):
 
 
 def test_kill_and_resume_is_bitwise_equal(tmp_path, monkeypatch):
-  cfg = tiny_run_config(**{'model.kwargs': {'drop_path_rate': 0.2}})
+  cfg = tiny_run_config(ema_decay=0.9, **{'model.kwargs': {'drop_path_rate': 0.2}})
   full = train.train_and_evaluate(cfg, str(tmp_path / 'full'))
 
   real_build = data_lib.build
@@ -44,7 +44,7 @@ def test_kill_and_resume_is_bitwise_equal(tmp_path, monkeypatch):
   assert len(leaves_a) == len(leaves_b) > 10
   for x, y in zip(leaves_a, leaves_b):
     assert np.array_equal(np.asarray(x), np.asarray(y))
-  assert full['accuracy'] == resumed['accuracy']
+  assert full['accuracy'] == resumed['accuracy'] and full['ema_accuracy'] == resumed['ema_accuracy']
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
