@@ -113,7 +113,7 @@ def drop_path_rates(rate: float, depths: list[int] | tuple[int, ...]) -> list[fl
 def trunc_normal_init(model: nnx.Module, rngs: nnx.Rngs, std: float = 0.02) -> None:
   """timm/ConvNeXt init: trunc_normal(std) on every conv/linear weight, zero biases."""
   init = nnx.initializers.truncated_normal(std)
-  mods = [m for _, m in model.iter_modules() if isinstance(m, (nnx.Conv, nnx.Linear, DepthwiseConv))]
+  mods = [m for _, m in nnx.iter_modules(model) if isinstance(m, (nnx.Conv, nnx.Linear, DepthwiseConv))]
   keys = jax.random.split(rngs.params(), len(mods))  # one RNG draw: each draw is slow under tracing.
   for key, m in zip(keys, mods):
     # New Variables rather than `[...] =`: in-place writes are slow under nnx.eval_shape tracing.

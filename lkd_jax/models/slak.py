@@ -84,7 +84,7 @@ class MergedLargeKernel(nnx.Module):
 
 def merge_large_kernels(model: nnx.Module) -> nnx.Module:
   """Replaces, in place, every `ReparamLargeKernelConv` by its eval-mode `MergedLargeKernel`; returns `model`."""
-  for _, m in list(model.iter_modules()):
+  for _, m in list(nnx.iter_modules(model)):
     if isinstance(m, Block) and isinstance(m.large_kernel, ReparamLargeKernelConv):
       kernel, bias = m.large_kernel.merged_kernel()
       merged = MergedLargeKernel(kernel.shape[-1], kernel.shape[0], rngs=nnx.Rngs(0))

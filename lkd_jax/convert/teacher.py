@@ -1,0 +1,76 @@
+"""Load a (teacher) model from any checkpoint form, and save converted variables for the CLI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lkd_jax.convert.readers import read_checkpoint, unwrap
+from lkd_jax.convert.rules import convert_into, dotted, variables_of
+from lkd_jax.models import create
+from lkd_jax.models.slak import ReparamLargeKernelConv, merge_large_kernels
+
+VARIABLES_FILE = 'variables.npz'
+META_FILE = 'model.json'
+
+
+def abstract_model(model_name: str, num_classes: int, **model_kw: Any) -> nnx.Module:
+  """The model with shapes only (nnx.eval_shape): no parameter memory until variables are loaded."""
+  return nnx.eval_shape(lambda: create(model_name, num_classes=num_classes, **model_kw))
+
+
+def save_converted(model: nnx.Module, dst: str | Path, meta: dict[str, Any]) -> Path:
+  """Writes `dst`/variables.npz (Flax paths as dotted keys) and `dst`/model.json."""
+  dst = Path(dst)
+  dst.mkdir(parents=True, exist_ok=True)
+  arrays = {dotted(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(variables_of(model))}
+  np.savez(dst / VARIABLES_FILE, **arrays)
+  (dst / META_FILE).write_text(json.dumps(meta, indent=1) + '\n')
+  return dst
+
+
+def _load_dir(model: nnx.Module, src: Path, model_name: str) -> nnx.Module:
+  meta = json.loads((src / META_FILE).read_text())
+  if meta.get('model') != model_name:
+    raise ValueError(f'{src} holds {meta.get("model")!r} variables, not {model_name!r}.')
+  flat = dict(nnx.to_flat_state(variables_of(model)))
+  with np.load(src / VARIABLES_FILE) as f:
+    stored = {k: f[k] for k in f.files}
+  want = {dotted(p) for p in flat}
+  if want != set(stored):
+    raise ValueError(f'{src}: missing {sorted(want - set(stored))}, unexpected {sorted(set(stored) - want)}.')
+  for p, var in flat.items():
+    value = stored[dotted(p)]
+    if value.shape != var.get_value().shape:
+      raise ValueError(f'{src}: {dotted(p)} has shape {value.shape}, model wants {var.get_value().shape}.')
+    var.set_value(jnp.asarray(value, var.get_value().dtype))
+  nnx.update(model, nnx.from_flat_state(flat))
+  return model
+
+
+def load_teacher(path: str, model_name: str, num_classes: int, *, inference_form: str = 'branches',
+                 key: str | None = None, allow_pickle: bool = False, **model_kw: Any) -> nnx.Module:
+  """Builds `model_name` and loads a .pth/.npz/.safetensors checkpoint or a CLI output directory.
+
+  `inference_form='merged'` (SLaK family only) folds each large-kernel unit's BatchNorms and branches
+  into one KxK kernel + bias after loading; the eval output is unchanged.
+  """
+  if inference_form not in ('branches', 'merged'):
+    raise ValueError(f'inference_form must be "branches" or "merged", got {inference_form!r}.')
+  model = abstract_model(model_name, num_classes, **model_kw)
+  if inference_form == 'merged' and not any(
+      isinstance(m, ReparamLargeKernelConv) for _, m in nnx.iter_modules(model)):
+    raise ValueError(f'inference_form="merged" needs a SLaK-family model; {model_name} has no '
+                     'large-kernel units.')
+  src = Path(path)
+  if src.is_dir():
+    model = _load_dir(model, src, model_name)
+  else:
+    model = convert_into(model, unwrap(read_checkpoint(src, allow_pickle=allow_pickle), key))
+  if inference_form == 'merged':
+    model = merge_large_kernels(model)
+  return model

@@ -1,0 +1,228 @@
+"""Depthwise convolution implementations, chosen per platform and shape (DESIGN §5).
+
+All functions compute the depthwise cross-correlation of an NHWC `x` with a (kh, kw, C) kernel,
+stride 1, zero padding (kh//2, kw//2) per axis (the references' padding), and give the same output
+and the same gradients (autodiff of each form) up to float rounding:
+
+- `xla`: `lax.conv_general_dilated(feature_group_count=C)`. Fast on GPU/TPU forward, but 50-120x
+  slower than PyTorch on XLA:CPU for large kernels.
+- `shift`: sum of kh*kw shifted, channel-scaled slices (unrolled). Best on CPU for small kernels.
+- `fft`: rfft2 product over a grid of H+kh-1 x W+kw-1 (rounded up to a fast size). Best on CPU for
+  51x5 / 5x51 on 56x56 maps and for large square (merged 51x51) kernels, forward and backward.
+- `toeplitz`: for a rectangular kernel, the long axis becomes a per-channel banded (H x H) matrix
+  applied as a batched matmul, summed over the short-axis taps. Best on CPU for Kx5 / 5xK on maps
+  of 28x28 and smaller (SLaK stages 2-4); the matmul form for tensor cores / the MXU.
+- `hybrid`: `shift` forward, FFT input and kernel gradients (custom VJP). Best on CPU for
+  small kernels (5x5, 7x7) when gradients are taken.
+
+Every implementation first crops taps that can only ever see padding: along an axis of length H,
+a kernel offset d = i - k//2 with |d| > H-1 never overlaps the map (same output, fewer MACs; e.g.
+SLaK-T stage 3: 47 -> 27 on a 14x14 map).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEPTHWISE_IMPLS = ('auto', 'xla', 'shift', 'fft', 'toeplitz', 'hybrid')
+_depthwise_impl = 'auto'
+
+
+def set_depthwise_impl(impl: str) -> None:
+  """Selects the depthwise implementation used by every model built or called afterwards."""
+  global _depthwise_impl
+  if impl not in DEPTHWISE_IMPLS:
+    raise ValueError(f'Unknown depthwise impl {impl!r}; choose one of {DEPTHWISE_IMPLS}.')
+  _depthwise_impl = impl
+
+
+def get_depthwise_impl() -> str:
+  return _depthwise_impl
+
+
+def _crop_range(k: int, n: int) -> tuple[int, int]:
+  """Taps [lo, hi) of a length-k kernel (centre k//2) that can touch a length-n map."""
+  c = k // 2
+  lo = max(0, c - (n - 1))
+  hi = min(k, c + (n - 1) + 1)
+  return lo, hi
+
+
+def crop_kernel(kernel: jax.Array, h: int, w: int) -> tuple[jax.Array, tuple[int, int], tuple[int, int]]:
+  """Drops taps that only see padding; returns the kernel and its (before, after) pads per axis.
+
+  The kept taps keep their offsets, so the padding is no longer necessarily symmetric for
+  even-sized kernels; for odd kernels (all of SLaK's) it stays (k'//2, k'//2).
+  """
+  kh, kw, _ = kernel.shape
+  lo_h, hi_h = _crop_range(kh, h)
+  lo_w, hi_w = _crop_range(kw, w)
+  kernel = kernel[lo_h:hi_h, lo_w:hi_w]
+  pad_h = (kh // 2 - lo_h, (hi_h - lo_h) - 1 - (kh // 2 - lo_h))
+  pad_w = (kw // 2 - lo_w, (hi_w - lo_w) - 1 - (kw // 2 - lo_w))
+  return kernel, pad_h, pad_w
+
+
+def _xla(x, kernel, pad_h, pad_w):
+  c = kernel.shape[-1]
+  return jax.lax.conv_general_dilated(
+      x, kernel[:, :, None, :], (1, 1), (pad_h, pad_w),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
+
+
+def _shift(x, kernel, pad_h, pad_w):
+  kh, kw, _ = kernel.shape
+  _, h, w, _ = x.shape
+  xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      t = xp[:, i:i + h, j:j + w, :] * kernel[i, j]
+      out = t if out is None else out + t
+  return out
+
+
+_FAST_FFT = sorted({2**a * 3**b * 5**c for a in range(12) for b in range(7) for c in range(5)
+                    if 2**a * 3**b * 5**c <= 4096})
+
+
+def _fft_size(n: int) -> int:
+  return next(s for s in _FAST_FFT if s >= n)
+
+
+def _fft(x, kernel, pad_h, pad_w):
+  kh, kw, _ = kernel.shape
+  _, h, w, _ = x.shape
+  fh, fw = _fft_size(h + kh - 1), _fft_size(w + kw - 1)
+  # Cross-correlation = convolution with the flipped kernel; the 'same' window starts at the
+  # flipped kernel's (after-)pad, i.e. output[y] = full[y + kh - 1 - pad_before].
+  kf = jnp.fft.rfft2(kernel[::-1, ::-1], s=(fh, fw), axes=(0, 1))
+  xf = jnp.fft.rfft2(x, s=(fh, fw), axes=(1, 2))
+  full = jnp.fft.irfft2(xf * kf, s=(fh, fw), axes=(1, 2))
+  oh, ow = kh - 1 - pad_h[0], kw - 1 - pad_w[0]
+  return full[:, oh:oh + h, ow:ow + w, :].astype(x.dtype)
+
+
+def toeplitz_matrix(taps: jax.Array, pad_before: int, n: int) -> jax.Array:
+  """(n, n, C) banded matrix T[o, i, c] = taps[i - o + pad_before, c] (0 outside the kernel).
+
+  Built with a tile/reshape trick (no gather), so its transpose (the kernel gradient) is a cheap
+  reshape-sum rather than a scatter.
+  """
+  k, c = taps.shape
+  # full[e] = weight of offset e - (n-1), e in [0, 2n-2]; the kernel covers offsets -pad_before..k-1-pad_before.
+  lo = n - 1 - pad_before
+  full = jnp.pad(taps, ((lo, 2 * n - 1 - lo - k), (0, 0)))  # (2n-1, C)
+  u = jnp.concatenate([full, jnp.zeros((1, c), taps.dtype)], 0)  # (2n, C)
+  flat = jnp.tile(u, (n, 1))[:n * (2 * n - 1)]
+  mat = flat.reshape(n, 2 * n - 1, c)  # mat[o, m] = u[(m - o) mod 2n]
+  return mat[:, n - 1:2 * n - 1, :]  # T[o, i] = u[i - o + n - 1] = taps[i - o + pad_before]
+
+
+def _toeplitz_h(x, kernel, pad_h, pad_w):
+  """Long axis = H: y = sum_j T_j (along H) @ x shifted by j along W."""
+  kh, kw, c = kernel.shape
+  b, h, w, _ = x.shape
+  xp = jnp.pad(x, ((0, 0), (0, 0), pad_w, (0, 0)))
+  # Stack the kw short-axis shifts into the contraction: (b, H, w, kw, c).
+  xs = jnp.stack([xp[:, :, j:j + w, :] for j in range(kw)], axis=3)
+  mats = jnp.stack([toeplitz_matrix(kernel[:, j, :], pad_h[0], h) for j in range(kw)], axis=2)
+  return jnp.einsum('oijc,biwjc->bowc', mats, xs, precision=jax.lax.Precision.HIGHEST)
+
+
+def _toeplitz_w(x, kernel, pad_h, pad_w):
+  """Long axis = W: y = sum_i T_i (along W) @ x shifted by i along H."""
+  y = _toeplitz_h(jnp.swapaxes(x, 1, 2), jnp.swapaxes(kernel, 0, 1), pad_w, pad_h)
+  return jnp.swapaxes(y, 1, 2)
+
+
+def _toeplitz(x, kernel, pad_h, pad_w):
+  kh, kw, _ = kernel.shape
+  return (_toeplitz_h if kh >= kw else _toeplitz_w)(x, kernel, pad_h, pad_w)
+
+
+def _fft_grads(x, kernel, g):
+  """(dL/dx, dL/dkernel) of the 'same' correlation with an odd kernel, from one FFT of g.
+
+  dx = g correlated with the flipped kernel; dkernel[i, j, c] = sum_{b,y,x} g[b,y,x,c] xpad[b,y+i,x+j,c].
+  """
+  kh, kw, _ = kernel.shape
+  _, h, w, _ = x.shape
+  ph, pw = kh // 2, kw // 2
+  fh, fw = _fft_size(h + kh - 1), _fft_size(w + kw - 1)
+  gf = jnp.fft.rfft2(g, s=(fh, fw), axes=(1, 2))
+  xf = jnp.fft.rfft2(x, s=(fh, fw), axes=(1, 2))
+  kf = jnp.fft.rfft2(kernel, s=(fh, fw), axes=(0, 1))
+  dx = jnp.fft.irfft2(gf * kf, s=(fh, fw), axes=(1, 2))[:, ph:ph + h, pw:pw + w]
+  r = jnp.fft.irfft2(jnp.sum(xf * jnp.conj(gf), 0), s=(fh, fw), axes=(0, 1))  # r[d] = sum_n x[n+d] g[n]
+  dk = jnp.roll(r, (ph, pw), axis=(0, 1))[:kh, :kw]
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+@jax.custom_vjp
+def _hybrid_core(x, kernel):
+  kh, kw, _ = kernel.shape
+  return _shift(x, kernel, (kh // 2, kh // 2), (kw // 2, kw // 2))
+
+
+def _hybrid_fwd(x, kernel):
+  return _hybrid_core(x, kernel), (x, kernel)
+
+
+def _hybrid_bwd(res, g):
+  x, kernel = res
+  return _fft_grads(x, kernel, g)
+
+
+_hybrid_core.defvjp(_hybrid_fwd, _hybrid_bwd)
+
+
+def _hybrid(x, kernel, pad_h, pad_w):
+  """Shift-and-add forward, FFT backward (custom VJP; odd, cropped kernels only).
+
+  XLA:CPU runs the shift form's kernel gradient (kh*kw full-map reductions) ~5x slower than one FFT
+  cross-correlation, while its forward is the fastest for small kernels.
+  """
+  del pad_h, pad_w  # symmetric for odd cropped kernels.
+  return _hybrid_core(x, kernel)
+
+
+_IMPLS: dict[str, Callable] = {'xla': _xla, 'shift': _shift, 'fft': _fft, 'toeplitz': _toeplitz,
+                               'hybrid': _hybrid}
+
+
+def pick_auto(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...],
+              backend: str | None = None) -> str:
+  """The implementation `auto` uses for this shape on this backend (rules from benchmarks/depthwise.py)."""
+  backend = backend or jax.default_backend()
+  if backend != 'cpu':
+    return 'xla'
+  _, h, w, _ = x_shape
+  kh, kw, _ = kernel_shape
+  kh, kw = min(kh, 2 * h - 1), min(kw, 2 * w - 1)
+  # Measured on a 2-core Xeon (benchmarks/results/depthwise_cpu*.json), SLaK-T stage shapes:
+  if kh * kw <= 49:  # 5x5, 7x7: shift-and-add forward is 0.3-1.6 ms; its autodiff backward is slow
+    return 'hybrid' if h * w >= 28 * 28 else 'shift'  # on big maps, so take the FFT backward there.
+  long_len = h if kh >= kw else w
+  if min(kh, kw) <= 7 and long_len <= 28:  # Kx5 / 5xK on 28x28 and smaller maps: banded matmul.
+    return 'toeplitz'
+  return 'fft'  # Kx5 / 5xK on 56x56, and every large square (merged) kernel.
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: str | None = None) -> jax.Array:
+  """Depthwise cross-correlation of NHWC `x` with a (kh, kw, C) kernel, zero 'same' padding per axis."""
+  impl = impl or _depthwise_impl
+  if impl == 'auto':
+    impl = pick_auto(x.shape, kernel.shape)
+  if impl not in _IMPLS:
+    raise ValueError(f'Unknown depthwise impl {impl!r}; choose one of {DEPTHWISE_IMPLS}.')
+  kh, kw, _ = kernel.shape
+  if kh % 2 == 0 or kw % 2 == 0:
+    # Padding k//2 on both sides of an even kernel changes the output size (as nn.Conv2d does);
+    # only the grouped conv handles that. No reference model uses even depthwise kernels.
+    return _xla(x, kernel.astype(x.dtype), (kh // 2, kh // 2), (kw // 2, kw // 2))
+  kernel, pad_h, pad_w = crop_kernel(kernel.astype(x.dtype), x.shape[1], x.shape[2])
+  return _IMPLS[impl](x, kernel, pad_h, pad_w)

@@ -1,0 +1,109 @@
+"""Vision Transformer in the timm layout: the paper's legacy "ViT-S" teacher and DeiT-S.
+
+Names: `cls_token`, `pos_embed`, `patch_embed.proj`, `blocks.i.{norm1,attn.{qkv,proj},norm2,mlp.{fc1,fc2}}`,
+`norm`, `head`. `vit_s_legacy` is the old timm `vit_small_patch16_224` the paper used (embed 768, depth 8,
+heads 8, mlp 3, no qkv bias, qk scale 768^-0.5, LayerNorm eps 1e-5); `deit_s` is DeiT-S (embed 384,
+depth 12, heads 6, qkv bias, eps 1e-6).
+
+feats: stage1..stage3 are the patch tokens after blocks depth/4, depth/2, 3*depth/4 (rounded up);
+stage4 is the final-norm patch tokens, i.e. the paper's FD target. All reshaped row-major to NHWC maps,
+class token dropped.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lkd_jax.models import layers
+from lkd_jax.models.registry import register
+from lkd_jax.models.swin import PatchEmbed
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with a fused `qkv` Linear (rows ordered q|k|v, head, head_dim)."""
+
+  def __init__(self, dim: int, heads: int, qkv_bias: bool, scale: float, *, rngs: nnx.Rngs):
+    self.heads, self.scale = heads, scale
+    self.qkv = nnx.Linear(dim, 3 * dim, use_bias=qkv_bias, rngs=rngs)
+    self.proj = nnx.Linear(dim, dim, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, n, c = x.shape
+    q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, -1).transpose(2, 0, 3, 1, 4)
+    out = layers.attention(q, k, v, self.scale)
+    return self.proj(out.transpose(0, 2, 1, 3).reshape(b, n, c))
+
+
+class ViTBlock(nnx.Module):
+  """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
+
+  def __init__(self, dim: int, heads: int, mlp_ratio: float, qkv_bias: bool, scale: float,
+               eps: float, drop_path: float, *, rngs: nnx.Rngs):
+    self.norm1 = layers.layer_norm(dim, eps, rngs)
+    self.attn = Attention(dim, heads, qkv_bias, scale, rngs=rngs)
+    self.norm2 = layers.layer_norm(dim, eps, rngs)
+    self.mlp = layers.Mlp(dim, int(dim * mlp_ratio), rngs=rngs)
+    self.drop_path = layers.DropPath(drop_path, rngs=rngs)
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x = x + self.drop_path(self.attn(self.norm1(x)), train)
+    return x + self.drop_path(self.mlp(self.norm2(x)), train)
+
+
+class VisionTransformer(nnx.Module):
+  """ViT with a class token and learned position embedding; the head reads the class token."""
+
+  def __init__(self, *, num_classes: int, img_size: int = 224, patch_size: int = 16,
+               embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
+               qkv_bias: bool = True, qk_scale: float | None = None, ln_eps: float = 1e-6,
+               drop_path_rate: float = 0.0, in_chans: int = 3, rngs: nnx.Rngs):
+    self.grid = img_size // patch_size
+    self.depth = depth
+    init = nnx.initializers.truncated_normal(0.02)
+    self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, None, rngs=rngs)
+    self.cls_token = nnx.Param(init(rngs.params(), (1, 1, embed_dim)))
+    self.pos_embed = nnx.Param(init(rngs.params(), (1, 1 + self.grid ** 2, embed_dim)))
+    scale = qk_scale or (embed_dim // num_heads) ** -0.5
+    rates = layers.drop_path_rates(drop_path_rate, [depth])
+    self.blocks = nnx.List([
+        ViTBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, scale, ln_eps, rates[i], rngs=rngs)
+        for i in range(depth)])
+    self.norm = layers.layer_norm(embed_dim, ln_eps, rngs)
+    self.head = nnx.Linear(embed_dim, num_classes, rngs=rngs)
+    layers.trunc_normal_init(self, rngs)
+
+  def _map(self, tokens: jax.Array) -> jax.Array:
+    b, _, c = tokens.shape
+    return tokens[:, 1:].reshape(b, self.grid, self.grid, c)
+
+  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    x = self.patch_embed(x)
+    b, h, w, c = x.shape
+    cls = jnp.broadcast_to(self.cls_token[...], (b, 1, c)).astype(x.dtype)
+    x = jnp.concatenate([cls, x.reshape(b, h * w, c)], axis=1) + self.pos_embed[...]
+    taps = [math.ceil(self.depth * k / 4) - 1 for k in (1, 2, 3)]  # block index of stage1..3.
+    feats = {}
+    for i, blk in enumerate(self.blocks):
+      x = blk(x, train)
+      feats.update({f'stage{k + 1}': self._map(x) for k, t in enumerate(taps) if t == i})
+    x = self.norm(x)
+    feats['stage4'] = self._map(x)
+    return self.head(x[:, 0]), dict(sorted(feats.items()))
+
+
+def _vit(**cfg):
+  def build(*, num_classes: int, rngs: nnx.Rngs, **kw) -> VisionTransformer:
+    return VisionTransformer(num_classes=num_classes, rngs=rngs, **{**cfg, **kw})
+  return build
+
+
+_LEGACY = dict(mlp_ratio=3.0, qkv_bias=False, ln_eps=1e-5)
+register('vit_s_legacy')(_vit(embed_dim=768, depth=8, num_heads=8, qk_scale=768 ** -0.5, **_LEGACY))
+register('deit_s')(_vit(embed_dim=384, depth=12, num_heads=6))
+# Tiny variants (= vit_legacy_ref / deit_small_ref shapes), 64x64 input.
+register('vit_legacy_atto')(_vit(img_size=64, embed_dim=64, depth=2, num_heads=4, qk_scale=0.125,
+                                 **_LEGACY))
+register('deit_atto')(_vit(img_size=64, embed_dim=48, depth=2, num_heads=3))

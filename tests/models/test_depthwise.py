@@ -1,0 +1,83 @@
+"""Every depthwise implementation gives the grouped conv's output and gradients (tiny shapes)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lkd_jax.models import depthwise as dw
+from lkd_jax.models import layers
+
+IMPLS = ['xla', 'shift', 'fft', 'toeplitz', 'hybrid']
+# (x shape, kernel hw): square/rectangular, kernels longer than 2H-1 (cropped), 1-wide, 1x1.
+CASES = [((1, 12, 10, 3), (5, 5)), ((2, 8, 7, 3), (7, 3)), ((1, 8, 7, 2), (3, 9)),
+         ((1, 4, 3, 2), (11, 3)), ((1, 3, 4, 2), (3, 11)), ((1, 4, 4, 2), (13, 13)),
+         ((1, 5, 4, 2), (5, 1)), ((1, 3, 5, 2), (1, 1))]
+
+
+def _ref(x, k):
+  kh, kw, c = k.shape
+  return jax.lax.conv_general_dilated(
+      x, k[:, :, None, :], (1, 1), ((kh // 2, kh // 2), (kw // 2, kw // 2)),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
+
+
+def _data(shape, kshape, seed=0):
+  r = np.random.default_rng(seed)
+  return (jnp.asarray(r.standard_normal(shape), jnp.float32),
+          jnp.asarray(r.standard_normal(kshape + (shape[-1],)), jnp.float32))
+
+
+def _rel(a, b):
+  return float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-12))
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('shape,ks', CASES)
+def test_output_and_grads_match_grouped_conv(impl, shape, ks):
+  x, k = _data(shape, ks)
+
+  def out_and_grads(f):
+    loss = lambda x, k: jnp.sum(jnp.sin(f(x, k)) * jnp.arange(x.shape[2], dtype=x.dtype)[:, None])
+    return jax.jit(lambda x, k: (f(x, k), jax.grad(loss, (0, 1))(x, k)))(x, k)
+  y, (gx, gk) = out_and_grads(lambda x, k: dw.depthwise_conv(x, k, impl))
+  ry, (rx, rk) = out_and_grads(_ref)
+  assert _rel(y, ry) <= 1e-4 and _rel(gx, rx) <= 1e-4 and _rel(gk, rk) <= 1e-4
+
+
+def test_crop_keeps_only_taps_that_see_the_map():
+  k = jnp.ones((47, 5, 2))
+  cropped, ph, pw = dw.crop_kernel(k, 14, 14)
+  assert cropped.shape == (27, 5, 2) and ph == (13, 13) and pw == (2, 2)
+  assert dw.crop_kernel(k, 30, 30)[0].shape == (47, 5, 2)
+
+
+def test_even_kernel_falls_back_to_grouped_conv_shape():
+  x, k = _data((1, 6, 6, 2), (4, 3))
+  y = dw.depthwise_conv(x, k, 'fft')
+  assert y.shape == _ref(x, k).shape == (1, 7, 6, 2)
+  assert _rel(y, _ref(x, k)) <= 1e-6
+
+
+def test_auto_rules_and_setter():
+  assert dw.pick_auto((1, 56, 56, 8), (5, 5, 8), 'gpu') == 'xla'
+  assert dw.pick_auto((1, 56, 56, 8), (5, 5, 8), 'cpu') == 'hybrid'
+  assert dw.pick_auto((1, 14, 14, 8), (7, 7, 8), 'cpu') == 'shift'
+  assert dw.pick_auto((1, 56, 56, 8), (51, 5, 8), 'cpu') == 'fft'
+  assert dw.pick_auto((1, 14, 14, 8), (47, 5, 8), 'cpu') == 'toeplitz'
+  assert dw.pick_auto((1, 56, 56, 8), (51, 51, 8), 'cpu') == 'fft'
+  x, k = _data((1, 6, 5, 2), (3, 3))
+  try:
+    layers.set_depthwise_impl('fft')
+    assert dw.get_depthwise_impl() == 'fft' == layers._depthwise_impl
+    assert _rel(layers.depthwise_conv(x, k), _ref(x, k)) <= 1e-4
+  finally:
+    layers.set_depthwise_impl('auto')
+  with pytest.raises(ValueError, match='Unknown depthwise impl'):
+    layers.set_depthwise_impl('nope')
+
+
+def test_toeplitz_matrix_is_banded_kernel():
+  taps = jnp.arange(1.0, 6.0)[:, None]  # offsets -2..2
+  t = np.asarray(dw.toeplitz_matrix(taps, 2, 4)[:, :, 0])
+  want = np.array([[3, 4, 5, 0], [2, 3, 4, 5], [1, 2, 3, 4], [0, 1, 2, 3]], np.float32)
+  np.testing.assert_array_equal(t, want)
