@@ -49,7 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.ema_decay = 0.0            # > 0 keeps an EMA of the student (paper: 0.9999) and evaluates it too.
   c.model = ml_collections.ConfigDict({'name': 'resnet50', 'kwargs': {}})
   c.teacher = ml_collections.ConfigDict(
-      {'name': '', 'checkpoint': '', 'dtype': 'float32', 'kwargs': {}})
+      {'name': '', 'checkpoint': '', 'dtype': 'float32', 'kwargs': {},
+       # 'merged': SLaK teachers run each large-kernel unit as one BN-folded KxK kernel + bias.
+       'inference_form': 'branches'})
   c.optim = ml_collections.ConfigDict(dict(
       lr=4e-3, min_lr=1e-6, warmup_steps=0, warmup_init_lr=0.0, weight_decay=0.05, b1=0.9,
       b2=0.999, eps=1e-8, grad_clip=0.0, grad_accum_steps=1))
@@ -57,7 +59,21 @@ def base_config() -> ml_collections.ConfigDict:
       mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, mix_prob=1.0, label_smoothing=0.1))
   c.data = ml_collections.ConfigDict(dict(
       source='tfds', seed=0, num_train=0, num_eval=0, image_size=224, shift=0))
-  # Method hyper-parameters (paper code defaults; see lkd_jax/distill/methods.py).
-  c.kd_alpha = 0.1
-  c.kd_temperature = 3.0
+  # ---- Distillation method hyper-parameters (lkd_jax/distill/methods.py cites each source) ----
+  c.kd_alpha = 0.1             # kd: weight of T^2 KL; CE gets 1 - kd_alpha (LK-KD engine_kd.py)
+  c.kd_temperature = 3.0       # kd: T (LK-KD scripts --T 3.0)
+  c.nkd_gamma = 1.5            # nkd: non-target weight (cls_KD ImageNet CNN configs)
+  c.nkd_temperature = 1.0      # nkd: non-target temperature (cls_KD); nkd_lkkd is fixed at 1 / 1
+  c.fd_weight = 1.0            # fd*: weight of the FD term (LK-KD --lr_fd default 1.0)
+  c.fd_stages = 'stage4'       # fd*: '+'-joined stages, one 1x1 projector each (LK-KD --feature_n 1)
+  c.fd_loss = 'smooth_l1'      # fd*: 'smooth_l1' (beta fd_beta, Wei et al. FD) or 'mse'
+  c.fd_beta = 2.0              # fd*: SmoothL1 beta
+  c.dkd_alpha = 1.0            # dkd: TCKD weight (mdistiller ImageNet)
+  c.dkd_beta = 0.5             # dkd: NCKD weight (mdistiller ImageNet)
+  c.dkd_temperature = 1.0      # dkd: T
+  c.dkd_warmup_steps = 0       # dkd: linear warm-up of the DKD term; 0 = full weight from step 0
+  c.dist_beta = 1.0            # dist: inter-class (per-example) relation weight
+  c.dist_gamma = 1.0           # dist: intra-class (global-batch) relation weight
+  c.dist_tau = 1.0             # dist: softmax temperature
+  # ---- end of distillation method hyper-parameters ----
   return c

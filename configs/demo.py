@@ -12,10 +12,18 @@ import ml_collections
 from configs import common
 
 
+# The demo teacher: SLaK blocks with large kernels on 64 px inputs (stage maps 16, 8, 4, 2 px, so
+# every kernel spans its whole map) and small edge 5: three branches Kx5 + 5xK + 5x5. Layer scale
+# starts at 1 instead of 1e-6 so this 5-block net trains in a few hundred steps.
+TEACHER_KWARGS = {'slak_atto': {'kernel_size': (31, 29, 27, 13, 5), 'layer_scale_init_value': 1.0}}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """The demo job config; arguments: seed, method, steps, teacher_steps, teacher, student, batch."""
-  a = common.parse_arg(arg, seed=0, method='kd', steps=600, teacher_steps=600,
-                       teacher='slak_atto', student='resnet_atto', batch=64, num_train=4096)
+  """The demo job config; arguments: seed, method, steps, teacher_steps, teacher, student, batch,
+  num_train, and method hyper-parameters nkd_gamma, fd_weight, fd_stages ('+'-joined), dkd_warmup_steps."""
+  a = common.parse_arg(arg, seed=0, method='kd', steps=400, teacher_steps=800,
+                       teacher='slak_atto', student='resnet_atto', batch=64, num_train=1024,
+                       nkd_gamma=1.5, fd_weight=1.0, fd_stages='stage4', dkd_warmup_steps=0)
   c = common.base_config()
   c.seed = a.seed
   c.num_classes = 10
@@ -30,10 +38,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.mix.update(mixup_alpha=0.0, cutmix_alpha=0.0, label_smoothing=0.1)
   c.kd_alpha = 0.9
   c.kd_temperature = 3.0
+  c.update(nkd_gamma=a.nkd_gamma, fd_weight=a.fd_weight, fd_stages=a.fd_stages,
+           dkd_warmup_steps=a.dkd_warmup_steps)
   c.teacher.name = a.teacher
   c.stages = ('teacher', 'student', 'distilled')
   c.stage_overrides = ml_collections.ConfigDict({
-      'teacher': {'model': {'name': a.teacher}, 'method': 'ce', 'total_steps': a.teacher_steps},
+      'teacher': {'model': {'name': a.teacher, 'kwargs': TEACHER_KWARGS.get(a.teacher, {})},
+                  'method': 'ce', 'total_steps': a.teacher_steps},
       'student': {'model': {'name': a.student}, 'method': 'ce', 'total_steps': a.steps},
       'distilled': {'model': {'name': a.student}, 'method': a.method, 'total_steps': a.steps},
   })

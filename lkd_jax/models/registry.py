@@ -41,5 +41,7 @@ def create(name: str, *, num_classes: int, seed: int = 0, **kwargs: Any) -> nnx.
   if name not in _REGISTRY:
     raise ValueError(f'Unknown model {name!r}. Known models: {", ".join(sorted(_REGISTRY))}. '
                      'Run `python -m lkd_jax.models --list` for sizes.')
-  return _REGISTRY[name](num_classes=num_classes, rngs=nnx.Rngs(params=seed, dropout=seed + 1),
-                         **kwargs)
+  build = lambda: _REGISTRY[name](num_classes=num_classes,
+                                  rngs=nnx.Rngs(params=seed, dropout=seed + 1), **kwargs)
+  # One compiled init instead of one XLA compilation per initialiser op (2-3x faster on CPU).
+  return nnx.jit(build)()
