@@ -1,0 +1,185 @@
+"""Depthwise convolution, JAX vs PyTorch, at SLaK-T's stage shapes (224 px input).
+
+    python benchmarks/depthwise.py --json --out benchmarks/results/depthwise_cpu.json
+    python benchmarks/depthwise.py --json --batches 1 --impls shift,fft,toeplitz,hybrid   # impl sweep
+
+Each case times forward and forward+backward (loss sum(y**2), gradients wrt input and kernel) of the
+JAX implementation picked by `auto` (plus any --impls), and of torch `nn.Conv2d(groups=C)` in NCHW
+(PyTorch's default layout and the one SLaK's code uses) and channels_last. JAX and torch calls
+alternate inside each repetition, so machine load hits both alike; times are medians in ms.
+`ratio` = JAX auto / torch NCHW (the target: <= 1.0); `ratio_vs_best_torch` uses the faster torch layout.
+torch is optional (extra `[torch]`); without it the JAX side runs and the JSON says why torch was skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from lkd_jax.models import depthwise as dw  # noqa: E402
+
+try:
+  import torch
+  TORCH_NOTE = None
+except ModuleNotFoundError as e:  # the JAX side still runs.
+  torch = None
+  TORCH_NOTE = f'torch side skipped: {e} (pip install -e ".[torch]")'
+
+# SLaK-T (width 1.3): stage maps at 224 px and kernels (51, 49, 47, 13) x 5; 'merged' is the eval-mode
+# KxK kernel (branches summed); 7x7 is ConvNeXt's kernel at stage-1 shape.
+STAGES = [(56, 124, 51), (28, 249, 49), (14, 499, 47), (7, 998, 13)]
+
+
+def cases() -> list[dict]:
+  out = []
+  for s, (hw, c, k) in enumerate(STAGES, 1):
+    for kh, kw, kind in [(k, 5, 'Kx5'), (5, k, '5xK'), (5, 5, '5x5'), (k, k, 'merged')]:
+      out.append(dict(stage=s, hw=hw, c=c, kh=kh, kw=kw, kind=kind))
+  out.append(dict(stage=1, hw=56, c=124, kh=7, kw=7, kind='convnext_7x7'))
+  return out
+
+
+def _timed(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+class Timer:
+  """Interleaved timing of several callables: each repetition calls every one once."""
+
+  def __init__(self, fns: dict, budget_s: float, min_reps: int, max_reps: int):
+    self.fns, self.budget, self.min_reps, self.max_reps = fns, budget_s, min_reps, max_reps
+
+  def run(self) -> dict:
+    for f in self.fns.values():  # warm-up (compile for JAX)
+      f()
+    times = {k: [] for k in self.fns}
+    start = time.perf_counter()
+    for r in range(self.max_reps):
+      for k, f in self.fns.items():
+        times[k].append(_timed(f))
+      if r + 1 >= self.min_reps and time.perf_counter() - start > self.budget:
+        break
+    return {k: float(np.median(v) * 1e3) for k, v in times.items()} | {'reps': len(times[k])}
+
+
+def jax_fns(x, k, impl):
+  fwd = jax.jit(lambda x, k: dw.depthwise_conv(x, k, impl))
+  grad = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.square(dw.depthwise_conv(x, k, impl))), (0, 1)))
+  return (lambda: jax.block_until_ready(fwd(x, k)),
+          lambda: jax.block_until_ready(grad(x, k)))
+
+
+def torch_fns(xn, kern, channels_last: bool):
+  b, c, h, w = xn.shape
+  kh, kw, _ = kern.shape
+  m = torch.nn.Conv2d(c, c, (kh, kw), padding=(kh // 2, kw // 2), groups=c, bias=False)
+  with torch.no_grad():
+    m.weight.copy_(torch.from_numpy(np.ascontiguousarray(kern.transpose(2, 0, 1)[:, None])))
+  x = torch.from_numpy(xn)
+  if channels_last:
+    m = m.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+  xg = x.clone().requires_grad_(True)
+
+  def fwd():
+    with torch.no_grad():
+      m(x)
+
+  def fwd_bwd():
+    m.zero_grad(set_to_none=True)
+    xg.grad = None
+    torch.square(m(xg)).sum().backward()
+  return fwd, fwd_bwd
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--json', action='store_true', help='print the result JSON to stdout')
+  p.add_argument('--out', default=None, help='also write the JSON here')
+  p.add_argument('--batches', default='1,8')
+  p.add_argument('--impls', default='', help='extra JAX impls to time besides auto, comma-separated')
+  p.add_argument('--kinds', default='', help='only these case kinds (Kx5,5xK,5x5,merged,convnext_7x7)')
+  p.add_argument('--stages', default='', help='only these stages, e.g. 1,3')
+  p.add_argument('--budget', type=float, default=1.5, help='seconds per case after min reps')
+  p.add_argument('--min-reps', type=int, default=3)
+  p.add_argument('--max-reps', type=int, default=15)
+  p.add_argument('--check', action='store_true', help='also report max rel. error of auto vs torch')
+  a = p.parse_args(argv)
+  threads = os.cpu_count()
+  if torch is not None:
+    torch.set_num_threads(threads)
+  rng = np.random.default_rng(0)
+  rows = []
+  extra = [i for i in a.impls.split(',') if i]
+  for cs in cases():
+    if a.kinds and cs['kind'] not in a.kinds.split(','):
+      continue
+    if a.stages and str(cs['stage']) not in a.stages.split(','):
+      continue
+    for b in [int(v) for v in a.batches.split(',')]:
+      hw, c, kh, kw = cs['hw'], cs['c'], cs['kh'], cs['kw']
+      xn = rng.standard_normal((b, hw, hw, c), dtype=np.float32)
+      kn = (rng.standard_normal((kh, kw, c), dtype=np.float32) / np.sqrt(kh * kw)).astype(np.float32)
+      x, k = jnp.asarray(xn), jnp.asarray(kn)
+      auto = dw.pick_auto(x.shape, k.shape)
+      fns = {}
+      for impl in [auto] + [i for i in extra if i != auto]:
+        f, g = jax_fns(x, k, impl)
+        fns[f'jax_{impl}_fwd'], fns[f'jax_{impl}_fwd_bwd'] = f, g
+      if torch is not None:
+        xt = np.ascontiguousarray(xn.transpose(0, 3, 1, 2))
+        for cl, tag in [(False, 'nchw'), (True, 'channels_last')]:
+          f, g = torch_fns(xt, kn, cl)
+          fns[f'torch_{tag}_fwd'], fns[f'torch_{tag}_fwd_bwd'] = f, g
+      t0 = time.perf_counter()
+      res = Timer(fns, a.budget, a.min_reps, a.max_reps).run()
+      row = dict(cs, batch=b, kernel=f'{kh}x{kw}', auto_impl=auto,
+                 kernel_after_crop=f'{min(kh, 2 * hw - 1)}x{min(kw, 2 * hw - 1)}', **res,
+                 wall_s=round(time.perf_counter() - t0, 2))
+      row['jax_fwd'], row['jax_fwd_bwd'] = res[f'jax_{auto}_fwd'], res[f'jax_{auto}_fwd_bwd']
+      if torch is not None:
+        for mode in ('fwd', 'fwd_bwd'):
+          tn, tc = res[f'torch_nchw_{mode}'], res[f'torch_channels_last_{mode}']
+          row[f'ratio_{mode}'] = round(row[f'jax_{mode}'] / tn, 3)
+          row[f'ratio_vs_best_torch_{mode}'] = round(row[f'jax_{mode}'] / min(tn, tc), 3)
+        row['ratio'] = row['ratio_fwd_bwd']
+        if a.check:
+          m = torch.nn.Conv2d(c, c, (kh, kw), padding=(kh // 2, kw // 2), groups=c, bias=False)
+          with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(kn.transpose(2, 0, 1)[:, None])))
+            yt = m(torch.from_numpy(np.ascontiguousarray(xn.transpose(0, 3, 1, 2)))).numpy()
+          yj = np.asarray(dw.depthwise_conv(x, k, auto)).transpose(0, 3, 1, 2)
+          row['max_rel_err_vs_torch'] = float(np.abs(yj - yt).max() / np.abs(yt).max())
+      rows.append(row)
+      print(f"# s{cs['stage']} {hw}x{hw}x{c} {kh}x{kw} b{b} auto={auto}: "
+            + ' '.join(f'{k_}={v:.2f}' for k_, v in res.items() if k_ != 'reps'),
+            file=sys.stderr, flush=True)
+  out = dict(
+      benchmark='depthwise', device=f'{jax.devices()[0].device_kind} ({jax.default_backend()}), '
+      f'{platform.processor() or platform.machine()}, {threads} cores',
+      gpu_note='no accelerator lent to this session: CPU only' if jax.default_backend() == 'cpu' else None,
+      jax=jax.__version__, torch=None if torch is None else torch.__version__, torch_note=TORCH_NOTE,
+      torch_threads=threads if torch is not None else None,
+      units='ms (median)', ratio_definition='JAX auto fwd+bwd / torch NCHW fwd+bwd',
+      cases=rows)
+  text = json.dumps(out, indent=1)
+  if a.out:
+    os.makedirs(os.path.dirname(a.out) or '.', exist_ok=True)
+    with open(a.out, 'w') as f:
+      f.write(text + '\n')
+  if a.json:
+    print(text)
+
+
+if __name__ == '__main__':
+  main()

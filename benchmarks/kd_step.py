@@ -1,0 +1,309 @@
+"""Fused KD step throughput, JAX vs an equivalent PyTorch step, same batch, alternating in one run.
+
+    python benchmarks/kd_step.py --json --out benchmarks/results/kd_step_cpu.json
+    python benchmarks/kd_step.py --json --batch 8 --pairs slak_t:resnet50 --reps 3
+
+Step = teacher forward in eval mode without gradients (jax.lax.stop_gradient / torch.no_grad) +
+student forward/backward in train mode (BatchNorm batch statistics) + vanilla KD loss
+(0.9 CE + 0.1 KL at T=3, as the paper's code) + AdamW update; one `jax.jit` on the JAX side (the
+student state donated). Also timed: the teacher forward alone (eval), to give the teacher's share of
+the step, and SLaK-T forward / ConvNeXt-T forward. Images/s = batch / median step time.
+The PyTorch models are minimal equivalents written here (no timm/torchvision): SLaK-T (width 1.3,
+decomposed Kx5 + 5xK + 5x5 depthwise branches with BN), ConvNeXt-T (official: 7x7 dw with bias),
+ResNet-50 (torchvision v1.5). torch is optional; without it only the JAX side runs.
+MFU is reported against dense FLOPs (SLaK-T 8.70, ConvNeXt-T 4.47, ResNet-50 4.1 GMACs/img fwd;
+KD step = 2*teacher + 6*student GFLOP/img) when --peak-tflops is given (an accelerator's dense peak).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from lkd_jax.models import depthwise as dw  # noqa: E402
+from lkd_jax.models import registry  # noqa: E402
+
+try:
+  import torch
+  from torch import nn
+  import torch.nn.functional as F
+  TORCH_NOTE = None
+except ModuleNotFoundError as e:
+  torch = None
+  TORCH_NOTE = f'torch side skipped: {e} (pip install -e ".[torch]")'
+
+GMACS = {'slak_t': 8.70, 'convnext_t': 4.47, 'convnext_t_bn': 4.47, 'resnet50': 4.1}
+NUM_CLASSES = 1000
+T, ALPHA = 3.0, 0.1
+
+
+# ----------------------------------------------------------------------------------------- JAX
+def kd_loss_jax(s_logits, t_logits, labels):
+  ce = optax.softmax_cross_entropy_with_integer_labels(s_logits, labels).mean()
+  kl = jnp.sum(jax.nn.softmax(t_logits / T) * (jax.nn.log_softmax(t_logits / T)
+                                               - jax.nn.log_softmax(s_logits / T)), -1).mean()
+  return (1 - ALPHA) * ce + ALPHA * kl * T * T
+
+
+def build_jax(teacher_name, student_name):
+  teacher = registry.create(teacher_name, num_classes=NUM_CLASSES, seed=0)
+  student = registry.create(student_name, num_classes=NUM_CLASSES, seed=1)
+  t_graph, t_state = nnx.split(teacher)
+  s_graph, s_params, s_stats, s_rest = nnx.split(student, nnx.Param, nnx.BatchStat, ...)
+  tx = optax.adamw(1e-3, weight_decay=0.05)
+  opt_state = tx.init(s_params)
+
+  def teacher_fwd(t_state, x):
+    logits, _ = nnx.merge(t_graph, t_state)(x, train=False)
+    return jax.lax.stop_gradient(logits)
+
+  def step(s_params, s_stats, opt_state, t_state, x, labels):
+    t_logits = teacher_fwd(t_state, x)
+
+    def loss_fn(params):
+      model = nnx.merge(s_graph, params, s_stats, s_rest, copy=True)
+      logits, _ = model(x, train=True)
+      return kd_loss_jax(logits, t_logits, labels), nnx.state(model, nnx.BatchStat)
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(s_params)
+    updates, opt_state = tx.update(grads, opt_state, s_params)
+    return optax.apply_updates(s_params, updates), new_stats, opt_state, loss
+
+  step_j = jax.jit(step, donate_argnums=(0, 1, 2))
+  tfwd_j = jax.jit(teacher_fwd)
+  state = {'s': (s_params, s_stats, opt_state)}
+
+  def run_step(x, labels):
+    p, s, o = state['s']
+    p, s, o, loss = step_j(p, s, o, t_state, x, labels)
+    state['s'] = (p, s, o)
+    jax.block_until_ready(loss)
+
+  def run_tfwd(x):
+    jax.block_until_ready(tfwd_j(t_state, x))
+  return run_step, run_tfwd
+
+
+# ------------------------------------------------------------------------------------- PyTorch
+if torch is not None:
+  class LayerNorm2d(nn.Module):  # channels-first LN over C (ConvNeXt's "channels_first" LN).
+    def __init__(self, c, eps=1e-6):
+      super().__init__()
+      self.ln = nn.LayerNorm(c, eps=eps)
+
+    def forward(self, x):
+      return self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+  class ConvBN(nn.Module):
+    def __init__(self, c, k):
+      super().__init__()
+      self.conv = nn.Conv2d(c, c, k, padding=(k[0] // 2, k[1] // 2), groups=c, bias=False)
+      self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+      return self.bn(self.conv(x))
+
+  class Block(nn.Module):
+    def __init__(self, c, k, small, slak):
+      super().__init__()
+      if slak:
+        self.lk = nn.ModuleList([ConvBN(c, (k, small)), ConvBN(c, (small, k)), ConvBN(c, (small, small))])
+      else:
+        self.lk = nn.ModuleList([nn.Conv2d(c, c, 7, padding=3, groups=c)])
+      self.norm = nn.LayerNorm(c, eps=1e-6)
+      self.pw1, self.pw2 = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+      self.gamma = nn.Parameter(1e-6 * torch.ones(c))
+
+    def forward(self, x):
+      y = sum(b(x) for b in self.lk).permute(0, 2, 3, 1)
+      y = self.pw2(F.gelu(self.pw1(self.norm(y)))) * self.gamma
+      return x + y.permute(0, 3, 1, 2)
+
+  class ConvNeXtLike(nn.Module):
+    """SLaK-T (slak=True, width 1.3, kernels 51/49/47/13 x 5) or ConvNeXt-T (7x7 dw with bias)."""
+
+    def __init__(self, slak: bool):
+      super().__init__()
+      dims = [int(d * (1.3 if slak else 1.0)) for d in (96, 192, 384, 768)]
+      ks = (51, 49, 47, 13) if slak else (7,) * 4
+      self.down = nn.ModuleList([nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), LayerNorm2d(dims[0]))] + [
+          nn.Sequential(LayerNorm2d(dims[i]), nn.Conv2d(dims[i], dims[i + 1], 2, 2)) for i in range(3)])
+      self.stages = nn.ModuleList([nn.Sequential(*[Block(dims[i], ks[i], 5, slak) for _ in range(d)])
+                                   for i, d in enumerate((3, 3, 9, 3))])
+      self.norm, self.head = nn.LayerNorm(dims[-1], eps=1e-6), nn.Linear(dims[-1], NUM_CLASSES)
+
+    def forward(self, x):
+      for d, s in zip(self.down, self.stages):
+        x = s(d(x))
+      return self.head(self.norm(x.mean((2, 3))))
+
+  class Bottleneck(nn.Module):
+    def __init__(self, cin, w, stride):
+      super().__init__()
+      self.c1, self.b1 = nn.Conv2d(cin, w, 1, bias=False), nn.BatchNorm2d(w)
+      self.c2, self.b2 = nn.Conv2d(w, w, 3, stride, 1, bias=False), nn.BatchNorm2d(w)
+      self.c3, self.b3 = nn.Conv2d(w, 4 * w, 1, bias=False), nn.BatchNorm2d(4 * w)
+      self.down = None if (stride == 1 and cin == 4 * w) else nn.Sequential(
+          nn.Conv2d(cin, 4 * w, 1, stride, bias=False), nn.BatchNorm2d(4 * w))
+
+    def forward(self, x):
+      y = F.relu(self.b1(self.c1(x)))
+      y = F.relu(self.b2(self.c2(y)))
+      y = self.b3(self.c3(y))
+      return F.relu(y + (x if self.down is None else self.down(x)))
+
+  class ResNet50(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                nn.MaxPool2d(3, 2, 1))
+      blocks, cin = [], 64
+      for i, (n, w) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+        for j in range(n):
+          blocks.append(Bottleneck(cin, w, 2 if (i > 0 and j == 0) else 1))
+          cin = 4 * w
+      self.blocks, self.fc = nn.Sequential(*blocks), nn.Linear(cin, NUM_CLASSES)
+
+    def forward(self, x):
+      return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
+
+  TORCH_MODELS = {'slak_t': lambda: ConvNeXtLike(True), 'convnext_t': lambda: ConvNeXtLike(False),
+                  'convnext_t_bn': lambda: ConvNeXtLike(False), 'resnet50': ResNet50}
+
+
+def build_torch(teacher_name, student_name, channels_last):
+  teacher, student = TORCH_MODELS[teacher_name]().eval(), TORCH_MODELS[student_name]().train()
+  if channels_last:
+    teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
+  opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.05)
+
+  def run_step(x, labels):
+    with torch.no_grad():
+      t_logits = teacher(x)
+    s_logits = student(x)
+    kl = F.kl_div(F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1), reduction='batchmean',
+                  log_target=True)
+    loss = (1 - ALPHA) * F.cross_entropy(s_logits, labels) + ALPHA * kl * T * T
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+  def run_tfwd(x):
+    with torch.no_grad():
+      teacher(x)
+  return run_step, run_tfwd
+
+
+# ---------------------------------------------------------------------------------------- main
+def timeit(fns: dict, reps: int) -> dict:
+  times = {k: [] for k in fns}
+  for _ in range(reps):
+    for k, f in fns.items():
+      t = time.perf_counter()
+      f()
+      times[k].append(time.perf_counter() - t)
+  return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--json', action='store_true')
+  p.add_argument('--out', default=None)
+  p.add_argument('--batch', type=int, default=8)
+  p.add_argument('--size', type=int, default=224)
+  p.add_argument('--reps', type=int, default=3)
+  p.add_argument('--pairs', default='slak_t:resnet50,convnext_t:resnet50')
+  p.add_argument('--torch-layout', default='nchw', choices=['nchw', 'channels_last'])
+  p.add_argument('--peak-tflops', type=float, default=None, help='dense peak for MFU (accelerators)')
+  a = p.parse_args(argv)
+  threads = os.cpu_count()
+  if torch is not None:
+    torch.set_num_threads(threads)
+  names = set(registry.names())
+  rng = np.random.default_rng(0)
+  xn = rng.standard_normal((a.batch, a.size, a.size, 3), dtype=np.float32)
+  ln = rng.integers(0, NUM_CLASSES, a.batch)
+  x, labels = jnp.asarray(xn), jnp.asarray(ln)
+  if torch is not None:
+    xt = torch.from_numpy(np.ascontiguousarray(xn.transpose(0, 3, 1, 2)))
+    if a.torch_layout == 'channels_last':
+      xt = xt.contiguous(memory_format=torch.channels_last)
+    lt = torch.from_numpy(ln)
+  rows, notes = [], []
+  for pair in a.pairs.split(','):
+    tname, sname = pair.split(':')
+    if tname not in names and tname == 'convnext_t':
+      notes.append('convnext_t not registered: used convnext_t_bn (SLaK-code ConvNeXt, 7x7 + BN)')
+      tname = 'convnext_t_bn'
+    t0 = time.perf_counter()
+    j_step, j_tfwd = build_jax(tname, sname)
+    j_step(x, labels)
+    j_tfwd(x)
+    compile_s = time.perf_counter() - t0
+    fns = {'jax_step': lambda: j_step(x, labels), 'jax_teacher_fwd': lambda: j_tfwd(x)}
+    if torch is not None:
+      torch.manual_seed(0)
+      t_step, t_tfwd = build_torch(tname, sname, a.torch_layout == 'channels_last')
+      t_step(xt, lt)
+      t_tfwd(xt)
+      fns |= {'torch_step': lambda: t_step(xt, lt), 'torch_teacher_fwd': lambda: t_tfwd(xt)}
+    res = timeit(fns, a.reps)
+    gflop_step = 2 * GMACS.get(tname, float('nan')) + 6 * GMACS.get(sname, float('nan'))
+    row = dict(teacher=tname, student=sname, batch=a.batch, size=a.size, reps=a.reps,
+               jax_compile_and_first_step_s=round(compile_s, 1),
+               **{f'{k}_s': round(v, 4) for k, v in res.items()},
+               jax_images_per_s=round(a.batch / res['jax_step'], 2),
+               jax_teacher_share=round(res['jax_teacher_fwd'] / res['jax_step'], 3),
+               teacher_depthwise_impls=sorted({dw.pick_auto((1, h, h, 1), (k, 5, 1)) for h, k in
+                                               [(56, 51), (28, 49), (14, 47), (7, 13)]} |
+                                              {dw.pick_auto((1, h, h, 1), (5, k, 1)) for h, k in
+                                               [(56, 51), (28, 49), (14, 47), (7, 13)]})
+               if tname == 'slak_t' else None,
+               gflop_per_image=gflop_step)
+    if torch is not None:
+      row |= dict(torch_images_per_s=round(a.batch / res['torch_step'], 2),
+                  torch_teacher_share=round(res['torch_teacher_fwd'] / res['torch_step'], 3),
+                  ratio=round(res['jax_step'] / res['torch_step'], 3),
+                  teacher_fwd_ratio=round(res['jax_teacher_fwd'] / res['torch_teacher_fwd'], 3))
+    if a.peak_tflops:
+      row['jax_mfu'] = round(row['jax_images_per_s'] * gflop_step / (a.peak_tflops * 1e3), 4)
+    rows.append(row)
+    print('#', json.dumps(row), file=sys.stderr, flush=True)
+  fw = {r['teacher']: r['jax_teacher_fwd_s'] for r in rows}
+  summary = {}
+  conv = fw.get('convnext_t', fw.get('convnext_t_bn'))
+  if 'slak_t' in fw and conv:
+    summary['jax_slak_t_fwd_over_convnext_t_fwd'] = round(fw['slak_t'] / conv, 3)
+    if torch is not None:
+      tf = {r['teacher']: r['torch_teacher_fwd_s'] for r in rows}
+      tconv = tf.get('convnext_t', tf.get('convnext_t_bn'))
+      summary['torch_slak_t_fwd_over_convnext_t_fwd'] = round(tf['slak_t'] / tconv, 3)
+  out = dict(benchmark='kd_step', device=f'{jax.devices()[0].device_kind} ({jax.default_backend()}), '
+             f'{platform.processor() or platform.machine()}, {threads} cores',
+             gpu_note='no accelerator lent to this session: CPU only' if jax.default_backend() == 'cpu' else None,
+             jax=jax.__version__, torch=None if torch is None else torch.__version__,
+             torch_note=TORCH_NOTE, torch_layout=a.torch_layout, depthwise_impl=dw.get_depthwise_impl(),
+             jax_step_note='equivalent fused step built in this script (teacher eval fwd under '
+             'stop_gradient + student train fwd/bwd + KD loss + AdamW, one jax.jit, student donated)',
+             loss='0.9*CE + 0.1*KL(T=3)*T^2', units='seconds per step (median)', notes=notes,
+             summary=summary, cases=rows)
+  text = json.dumps(out, indent=1)
+  if a.out:
+    os.makedirs(os.path.dirname(a.out) or '.', exist_ok=True)
+    with open(a.out, 'w') as f:
+      f.write(text + '\n')
+  if a.json:
+    print(text)
+
+
+if __name__ == '__main__':
+  main()
