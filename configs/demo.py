@@ -21,8 +21,9 @@ TEACHER_KWARGS = {'slak_atto': {'kernel_size': (31, 29, 27, 13, 5), 'layer_scale
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The demo job config; arguments: seed, method, steps, teacher_steps, teacher, student, batch,
   num_train, and method hyper-parameters nkd_gamma, fd_weight, fd_stages ('+'-joined), dkd_warmup_steps."""
-  a = common.parse_arg(arg, seed=0, method='kd', steps=400, teacher_steps=800,
+  a = common.parse_arg(arg, seed=0, method='kd', steps=400, teacher_steps=1000,
                        teacher='slak_atto', student='resnet_atto', batch=64, num_train=1024,
+                       teacher_num_train=4096,
                        nkd_gamma=1.5, fd_weight=1.0, fd_stages='stage4', dkd_warmup_steps=0)
   c = common.base_config()
   c.seed = a.seed
@@ -44,7 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.stages = ('teacher', 'student', 'distilled')
   c.stage_overrides = ml_collections.ConfigDict({
       'teacher': {'model': {'name': a.teacher, 'kwargs': TEACHER_KWARGS.get(a.teacher, {})},
-                  'method': 'ce', 'total_steps': a.teacher_steps},
+                  'method': 'ce', 'total_steps': a.teacher_steps,
+                  'data': {'num_train': a.teacher_num_train}},
       'student': {'model': {'name': a.student}, 'method': 'ce', 'total_steps': a.steps},
       'distilled': {'model': {'name': a.student}, 'method': a.method, 'total_steps': a.steps},
   })

@@ -60,7 +60,8 @@ def teacher_forward(graph: Any, teacher_state: Any, x: jax.Array, dtype: Any
 
 
 def student_loss(params: Any, batch_stats: Any, graphs: Graphs, teacher_out: Any, x: jax.Array,
-                 targets: jax.Array, rng: jax.Array, cfg: ml_collections.ConfigDict
+                 targets: jax.Array, rng: jax.Array, cfg: ml_collections.ConfigDict,
+                 step: jax.Array | None = None
                  ) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
   """Method loss of the student in train mode; returns (loss, (metrics, new batch_stats))."""
   model = nnx.merge(graphs.student, params["student"], batch_stats, graphs.student_rest, copy=True)
@@ -68,7 +69,8 @@ def student_loss(params: Any, batch_stats: Any, graphs: Graphs, teacher_out: Any
   student_out = model(x, train=True)
   projector = None if graphs.projector is None else nnx.merge(graphs.projector,
                                                              params['projector'])
-  loss, metrics = methods.get(cfg.method).loss(student_out, teacher_out, targets, projector, cfg)
+  loss, metrics = methods.get(cfg.method).loss(student_out, teacher_out, targets, projector, cfg,
+                                               step=step)
   metrics = dict(metrics, loss=loss,
                  train_accuracy=jnp.mean(jnp.argmax(student_out[0], -1) == jnp.argmax(targets, -1)))
   return loss, (metrics, nnx.state(model, nnx.BatchStat))
@@ -93,7 +95,8 @@ def train_step(state: TrainState, teacher_state: Any, batch: dict[str, jax.Array
     teacher_out = teacher_forward(graphs.teacher, teacher_state, x, jnp.dtype(cfg.teacher.dtype))
   grad_fn = jax.value_and_grad(student_loss, has_aux=True)
   (_, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, graphs,
-                                               teacher_out, x, targets, drop_rng, cfg)
+                                               teacher_out, x, targets, drop_rng, cfg,
+                                               step=state.step)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=lr_fn(state.step))

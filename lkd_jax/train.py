@@ -20,8 +20,9 @@ from lkd_jax import checkpoints, optim, sharding
 from lkd_jax import data as data_lib
 from lkd_jax import models
 from lkd_jax import step as step_lib
-from lkd_jax.distill import methods
+from lkd_jax.distill import methods, projectors
 from lkd_jax.models import layers
+from lkd_jax.models.slak import merge_large_kernels
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -63,12 +64,16 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[A
   if not path:
     raise ValueError('teacher.checkpoint is empty: name a run directory of lkd_jax, or a '
                      '.pth/.npz/.safetensors file or converted directory (python -m lkd_jax.convert).')
+  form = config.teacher.inference_form
   if os.path.exists(os.path.join(path, 'config.json')) and checkpoints.latest_step(
       os.path.join(path, 'checkpoints')) is not None:
     teacher = load_run_model(path)
+    if form == 'merged':
+      teacher = merge_large_kernels(teacher)
   else:
     from lkd_jax import convert
-    teacher = convert.load_teacher(path, config.teacher.name, num_classes, **config.teacher.kwargs)
+    teacher = convert.load_teacher(path, config.teacher.name, num_classes, inference_form=form,
+                                   **config.teacher.kwargs)
   return nnx.split(teacher)
 
 
@@ -144,7 +149,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if method.needs_teacher:
     teacher_graph, teacher_state = load_teacher(config, config.num_classes)
     teacher_state = sharding.put_replicated(teacher_state, mesh)
-  projector = methods.build_projector(config, student, teacher_graph, config.seed)
+  projector = None
+  if method.needs_projector:  # FD projectors sized from eval_shape'd feature maps (no FLOPs).
+    projector = methods.build_projector(
+        config, projectors.feature_shapes(student, config.data.image_size),
+        projectors.feature_shapes((teacher_graph, teacher_state), config.data.image_size),
+        config.seed)
   tx, lr_fn = optim.make(config, total_steps)
   state, graphs = _init_state(config, student, projector, tx)
   graphs = graphs._replace(teacher=teacher_graph)
@@ -198,9 +208,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if (config.eval_every and step % config.eval_every == 0) and not is_last:
         with progress.timed('eval'):
           writer.write_scalars(step, {f'eval/{k}': v for k, v in do_eval(state).items()})
-      if step % config.checkpoint_every == 0 or is_last:
+      preempted = mngr.reached_preemption(step)
+      if step % config.checkpoint_every == 0 or is_last or preempted:
         _check_finite(metrics, step, mngr)
         checkpoints.save(mngr, step, state, force=True)
+      if preempted:
+        mngr.wait_until_finished()
+        raise SystemExit(f'Preempted: saved step {step} to {ckpt_dir}; rerun the same command '
+                         'to resume.')
   finally:
     mngr.wait_until_finished()
   result = do_eval(state)
