@@ -13,13 +13,19 @@ def weight_decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def make(cfg: ml_collections.ConfigDict, total_steps: int
+def make(cfg: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: float = 0.0
          ) -> tuple[optax.GradientTransformation, Callable[[Any], Any]]:
-  """(transformation, lr_fn of the micro-step) for `total_steps` micro-steps (MultiSteps if accum > 1)."""
+  """(transformation, lr_fn of the micro-step) for `total_steps` micro-steps (MultiSteps if accum > 1).
+
+  `optim.warmup_epochs > 0` overrides `optim.warmup_steps`, converted with `steps_per_epoch` micro-steps.
+  """
   o = cfg.optim
   accum = max(1, o.grad_accum_steps)
   updates = max(1, total_steps // accum)
-  warmup = min(o.warmup_steps, updates - 1)
+  warmup = o.warmup_steps
+  if o.get('warmup_epochs', 0) > 0:
+    warmup = int(round(o.warmup_epochs * steps_per_epoch / accum))
+  warmup = min(warmup, updates - 1)
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=o.warmup_init_lr, peak_value=o.lr, warmup_steps=warmup, decay_steps=updates,
       end_value=o.min_lr)

@@ -38,3 +38,58 @@ def write(report: dict[str, Any], workdir: str) -> None:
     json.dump(report, f, indent=2, sort_keys=True)
   with open(os.path.join(workdir, 'report.md'), 'w') as f:
     f.write(to_markdown(report))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+  n = len(values)
+  mean = sum(values) / n
+  var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+  return mean, var ** 0.5
+
+
+def summarize(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Groups reports by (teacher, student, method): mean / sample std over seeds of every accuracy and gain."""
+  groups: dict[tuple, list[dict[str, Any]]] = {}
+  for r in reports:
+    groups.setdefault((r.get('teacher', ''), r.get('student', ''), r.get('method', '')), []).append(r)
+  rows = []
+  for (teacher, student, method), rs in groups.items():
+    row = {'teacher': teacher, 'student': student, 'method': method,
+           'seeds': sorted(r.get('seed') for r in rs),
+           'wins': sum(r['distilled_acc'] > r['student_acc'] for r in rs)}
+    for key in ('teacher_acc', 'student_acc', 'distilled_acc', 'direct_gain', 'effective_gain'):
+      row[key] = _mean_std([r[key] for r in rs])
+    rows.append(row)
+  return rows
+
+
+def summary_markdown(rows: list[dict[str, Any]]) -> str:
+  """Markdown table of `summarize` rows: accuracies and Direct Gain in %, mean ± std over seeds."""
+  pct = lambda ms: f'{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}'
+  lines = ['| teacher | student | method | seeds | teacher top-1 | student top-1 | distilled top-1 '
+           '| Direct Gain (points) | Effective Gain | distilled > student |',
+           '|---|---|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    eg = r['effective_gain']
+    lines.append(f"| {r['teacher']} | {r['student']} | {r['method']} | {len(r['seeds'])} "
+                 f"| {pct(r['teacher_acc'])} | {pct(r['student_acc'])} | {pct(r['distilled_acc'])} "
+                 f"| {100 * r['direct_gain'][0]:+.2f} ± {100 * r['direct_gain'][1]:.2f} "
+                 f"| {eg[0]:+.4f} ± {eg[1]:.4f} | {r['wins']}/{len(r['seeds'])} |")
+  return '\n'.join(lines) + '\n'
+
+
+def main(paths: list[str]) -> None:
+  """Prints the mean ± std summary of the report.json files (or run directories) in `paths`."""
+  reports = []
+  for p in paths:
+    with open(os.path.join(p, 'report.json') if os.path.isdir(p) else p) as f:
+      reports.append(json.load(f))
+  if not reports:
+    raise SystemExit('usage: python -m lkd_jax.report RUN_DIR_OR_REPORT_JSON [...]')
+  print(summary_markdown(summarize(reports)), end='')
+
+
+if __name__ == '__main__':
+  import sys
+  main(sys.argv[1:])

@@ -142,6 +142,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     raise ValueError(f'config.num_classes={config.num_classes} but the dataset has '
                      f'{data.num_classes} classes.')
   total_steps = _total_steps(config, data.num_train)
+  steps_per_epoch = data.num_train / config.batch_size
+  eval_every = config.eval_every
+  if config.get('eval_every_epochs', 0) > 0:
+    eval_every = max(1, int(round(config.eval_every_epochs * steps_per_epoch)))
 
   student = models.create(config.model.name, num_classes=config.num_classes, seed=config.seed,
                           **config.model.kwargs)
@@ -155,7 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         config, projectors.feature_shapes(student, config.data.image_size),
         projectors.feature_shapes((teacher_graph, teacher_state), config.data.image_size),
         config.seed)
-  tx, lr_fn = optim.make(config, total_steps)
+  tx, lr_fn = optim.make(config, total_steps, steps_per_epoch)
   state, graphs = _init_state(config, student, projector, tx)
   graphs = graphs._replace(teacher=teacher_graph)
   state = sharding.put_replicated(state, mesh)
@@ -205,7 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         scalars['train/img_per_sec'] = (step - last_log_step) * config.batch_size / max(dt, 1e-9)
         writer.write_scalars(step, scalars)
         t_log, last_log_step = time.time(), step
-      if (config.eval_every and step % config.eval_every == 0) and not is_last:
+      if (eval_every and step % eval_every == 0) and not is_last:
         with progress.timed('eval'):
           writer.write_scalars(step, {f'eval/{k}': v for k, v in do_eval(state).items()})
       preempted = mngr.reached_preemption(step)

@@ -27,3 +27,19 @@ def test_stage_configs_share_seed_and_point_the_student_at_the_teacher_run(tmp_p
   assert s.seed == d.seed == 4 and s.total_steps == d.total_steps == 7
   assert d.teacher.checkpoint == str(tmp_path / 'teacher')
   assert 'stages' not in d and 'stage_overrides' not in d
+
+
+def test_summary_over_seeds_groups_by_method_with_sample_std(tmp_path, capsys):
+  reps = [report.build(0.8, s, d, seed=i, teacher='t', student='s', method=m)
+          for i, (s, d, m) in enumerate([(0.70, 0.74, 'kd'), (0.72, 0.74, 'kd'), (0.71, 0.70, 'nkd')])]
+  rows = {r['method']: r for r in report.summarize(reps)}
+  assert rows['kd']['seeds'] == [0, 1] and rows['kd']['wins'] == 2 and rows['nkd']['wins'] == 0
+  assert rows['kd']['direct_gain'][0] == pytest.approx(0.03)
+  assert rows['kd']['direct_gain'][1] == pytest.approx(0.02 ** 0.5 / 10 * 1.0, rel=1e-6)  # std(.04,.02)
+  assert rows['nkd']['direct_gain'] == (pytest.approx(-0.01), 0.0)
+  for i, r in enumerate(reps):
+    (tmp_path / str(i)).mkdir()
+    report.write(r, str(tmp_path / str(i)))
+  report.main([str(tmp_path / '0'), str(tmp_path / '1'), str(tmp_path / '2' / 'report.json')])
+  md = capsys.readouterr().out
+  assert '| t | s | kd | 2 |' in md and '+3.00 ± 1.41' in md and '| 2/2 |' in md
