@@ -1,6 +1,7 @@
 """A job chains runs: train the teacher, the baseline student (CE) and the distilled student, then report."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -32,15 +33,27 @@ def _flatten(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
   return out
 
 
+def finished_result(cfg: ml_collections.ConfigDict, stage_dir: str) -> dict[str, Any] | None:
+  """The final metrics of a stage that already ran to its end with this very config, else None."""
+  path = os.path.join(stage_dir, 'final_metrics.json')
+  if not (os.path.exists(path) and train.same_config(cfg, stage_dir)):
+    return None
+  logging.info('Stage in %s already finished with this config: reading %s.', stage_dir, path)
+  with open(path) as f:
+    return json.load(f)
+
+
 def run_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs each stage in workdir/<stage> (resuming finished or partial ones) and writes the report."""
+  """Runs each stage in workdir/<stage> (a finished one is read back, a partial one resumed), then reports."""
   train.write_config(config, workdir)
   results, cfgs = {}, {}
   for stage in config.stages:
     cfgs[stage] = stage_config(config, stage, workdir)
     logging.info('=== stage %s: model %s, method %s ===', stage, cfgs[stage].model.name,
                  cfgs[stage].method)
-    results[stage] = train.train_and_evaluate(cfgs[stage], os.path.join(workdir, stage))
+    stage_dir = os.path.join(workdir, stage)
+    results[stage] = (finished_result(cfgs[stage], stage_dir)
+                      or train.train_and_evaluate(cfgs[stage], stage_dir))
   rep = report.build(results['teacher']['accuracy'], results['student']['accuracy'],
                      results['distilled']['accuracy'], seed=config.seed,
                      teacher=cfgs['teacher'].model.name, student=cfgs['student'].model.name,

@@ -23,10 +23,14 @@ def main(argv: list[str]) -> None:
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')  # TF (tf.data, writers) must never take an accelerator.
   from lkd_jax import train
+  from lkd_jax.data import DatasetNotFoundError
   logging.info('JAX process %d/%d, %d local / %d global devices (%s).', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.default_backend())
-  train.run(FLAGS.config, FLAGS.workdir)
+  try:
+    train.run(FLAGS.config, FLAGS.workdir)
+  except DatasetNotFoundError as e:  # a setup problem, not a bug: the message, no traceback.
+    raise SystemExit(f'error: {e}') from None
 
 
 if __name__ == '__main__':

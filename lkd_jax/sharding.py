@@ -5,13 +5,15 @@ and is itself built on jit + shard_map; the mesh also scales to multi-host pods 
 """
 from __future__ import annotations
 
-from typing import Any
+import collections
+from typing import Any, Iterator
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA = 'data'
+DEVICE_PREFETCH = 2  # batches transferred ahead of the step (prefetch_to_mesh)
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
@@ -47,3 +49,19 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
   """Places a host pytree on every device of the mesh."""
   return jax.device_put(tree, replicated(mesh))
+
+
+def prefetch_to_mesh(batches: Iterator[dict[str, np.ndarray]], mesh: Mesh,
+                     size: int = DEVICE_PREFETCH
+                     ) -> Iterator[dict[str, jax.Array]]:
+  """Global sharded batches, `size` transfers ahead of the consumer (host-to-device copies overlap the step).
+
+  flax.jax_utils.prefetch_to_device is pmap-style (device_put_sharded, deprecated since JAX 0.8.1).
+  """
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(global_batch(batch, mesh))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()

@@ -33,15 +33,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   return train_and_evaluate(config, workdir)
 
 
+def config_text(config: ml_collections.ConfigDict) -> str:
+  """The config as the JSON text that config.json holds."""
+  return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def same_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
+  """True when workdir/config.json holds exactly this config."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return f.read() == config_text(config)
+
+
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes the locked config as config.json; a different config on resume goes beside it, never over it."""
   os.makedirs(workdir, exist_ok=True)
-  text = config.to_json_best_effort(indent=2, sort_keys=True)
   path = os.path.join(workdir, 'config.json')
+  if same_config(config, workdir):
+    return
+  text = config_text(config)
   if os.path.exists(path):
-    with open(path) as f:
-      if f.read() == text:
-        return
     path = os.path.join(workdir, f'config.{time.strftime("%Y%m%d-%H%M%S")}.json')
   with open(path, 'w') as f:
     f.write(text)
@@ -192,10 +205,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every)
   prev, t_log, last_log_step = None, time.time(), start
-  train_iter = data.train(start)
+  train_iter = sharding.prefetch_to_mesh(data.train(start), mesh)
   try:
     for step in range(start + 1, total_steps + 1):
-      batch = sharding.global_batch(next(train_iter), mesh)
+      batch = next(train_iter)
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = train_fn(state, teacher_state, batch)
       if prev is not None:

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from configs import demo
-from lkd_jax import job, report
+from lkd_jax import job, report, train
 
 
 def test_gains_and_report_files(tmp_path):
@@ -43,3 +43,16 @@ def test_summary_over_seeds_groups_by_method_with_sample_std(tmp_path, capsys):
   report.main([str(tmp_path / '0'), str(tmp_path / '1'), str(tmp_path / '2' / 'report.json')])
   md = capsys.readouterr().out
   assert '| t | s | kd | 2 |' in md and '+3.00 ± 1.41' in md and '| 2/2 |' in md
+
+
+def test_finished_stage_is_read_back_only_with_the_same_config(tmp_path):
+  c = demo.get_config('seed=1,steps=5')
+  cfg = job.stage_config(c, 'student', str(tmp_path))
+  stage_dir = str(tmp_path / 'student')
+  assert job.finished_result(cfg, stage_dir) is None
+  train.write_config(cfg, stage_dir)
+  assert job.finished_result(cfg, stage_dir) is None  # started, not finished
+  (tmp_path / 'student' / 'final_metrics.json').write_text(json.dumps({'accuracy': 0.5}))
+  assert job.finished_result(cfg, stage_dir) == {'accuracy': 0.5}
+  other = job.stage_config(demo.get_config('seed=1,steps=6'), 'student', str(tmp_path))
+  assert job.finished_result(other, stage_dir) is None

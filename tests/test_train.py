@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from lkd_jax import checkpoints, train
+from lkd_jax import checkpoints, sharding, train
 from lkd_jax import data as data_lib
 from tests.conftest import tiny_run_config
 
@@ -25,7 +25,9 @@ def test_kill_and_resume_is_bitwise_equal(tmp_path, monkeypatch):
     ds = real_build(c)
     def train_iter(start):
       it = ds.train(start)
-      for _ in range(4 - start):  # batches for steps start+1..4, then the process "dies".
+      # Batches for steps start+1..4 plus the ones the device prefetcher holds ahead; its next pull
+      # (for step 5) "kills" the process after step 4.
+      for _ in range(4 - start + sharding.DEVICE_PREFETCH):
         yield next(it)
       raise KeyboardInterrupt('simulated kill after step 4')
     return ds._replace(train=train_iter)

@@ -14,6 +14,10 @@ import ml_collections
 Batch = dict
 
 
+class DatasetNotFoundError(FileNotFoundError):
+  """The configured dataset is not prepared where it was looked for; the message says how to prepare it."""
+
+
 class Dataset(NamedTuple):
   train: Callable[[int], Iterator[Batch]]   # start_step -> endless train batches
   eval: Callable[[], Iterator[Batch]]       # one padded, masked pass over the eval split
