@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.epochs = 1.0
   c.log_every = 50
   c.eval_every = 0             # 0: evaluate only at the end.
+  c.eval_every_epochs = 0.0    # > 0 overrides eval_every with that many epochs of steps.
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
   c.depthwise_impl = 'auto'
@@ -53,12 +54,37 @@ def base_config() -> ml_collections.ConfigDict:
        # 'merged': SLaK teachers run each large-kernel unit as one BN-folded KxK kernel + bias.
        'inference_form': 'branches'})
   c.optim = ml_collections.ConfigDict(dict(
-      lr=4e-3, min_lr=1e-6, warmup_steps=0, warmup_init_lr=0.0, weight_decay=0.05, b1=0.9,
+      lr=4e-3, min_lr=1e-6, warmup_steps=0, warmup_epochs=0.0, warmup_init_lr=0.0, weight_decay=0.05, b1=0.9,
       b2=0.999, eps=1e-8, grad_clip=0.0, grad_accum_steps=1))
   c.mix = ml_collections.ConfigDict(dict(
       mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, mix_prob=1.0, label_smoothing=0.1))
   c.data = ml_collections.ConfigDict(dict(
-      source='tfds', seed=0, num_train=0, num_eval=0, image_size=224, shift=0))
+      source='tfds',          # 'tfds' (lkd_jax/data/tfds_pipeline.py) or 'synthetic'
+      seed=0,                 # synthetic: content seed of the glyph pairs (tfds order uses c.seed)
+      num_train=0,            # synthetic: examples; tfds: 0 = whole split, N > 0 = its first N
+      num_eval=0,             # as num_train, for the eval split
+      image_size=224,         # train crop and eval size S (timm/SLaK --input_size 224)
+      shift=0,                # synthetic only: max translation in pixels
+      # ---- tfds only (lkd_jax/data/tfds_pipeline.py, lkd_jax/data/augment.py) ----
+      name='imagenet2012',    # TFDS name[/config][:version]; 'folder:ROOT' = ROOT/split/class/*.jpg
+      data_dir='',            # '' = TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
+      mock=0,                 # N > 0: N random tfds.testing.mock_data examples per split (smoke)
+      train_split='train',
+      eval_split='validation',  # ImageNet val; a folder dataset names its own ('val', ...)
+      shuffle_buffer=16384,   # raw records per process (~1.8 GB of ImageNet JPEGs): bounded RAM
+      cache_eval=False,       # keep the preprocessed eval share in RAM (ImageNet: 7.5 GB/processes)
+      threads=0,              # tf.data private threadpool; 0 = usable CPU cores (big_vision: 48)
+      prefetch=2,             # host batches prefetched (big_vision prefetch(2))
+      crop_pct=0.875,         # eval: shorter side to S/crop_pct, centre crop S (timm/SLaK default)
+      scale=(0.08, 1.0),      # RandomResizedCrop area range (timm/SLaK --scale default)
+      ratio=(3 / 4, 4 / 3),   # RandomResizedCrop aspect range (timm/SLaK --ratio default)
+      interpolation='bicubic',  # train and eval resize (timm/SLaK --train_interpolation bicubic)
+      hflip=0.5,              # horizontal flip probability (timm --hflip default)
+      randaugment='rand-m9-mstd0.5-inc1',  # timm RandAugment spec, '' = off (SLaK/ConvNeXt --aa)
+      reprob=0.25,            # random erasing probability (SLaK/ConvNeXt --reprob 0.25)
+      remode='pixel',         # random erasing fill: per-pixel N(0, 1) (timm/SLaK --remode pixel)
+      recount=1,              # random erasing boxes (timm/SLaK --recount 1)
+  ))
   # ---- Distillation method hyper-parameters (lkd_jax/distill/methods.py cites each source) ----
   c.kd_alpha = 0.1             # kd: weight of T^2 KL; CE gets 1 - kd_alpha (LK-KD engine_kd.py)
   c.kd_temperature = 3.0       # kd: T (LK-KD scripts --T 3.0)

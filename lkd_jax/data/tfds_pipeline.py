@@ -1,0 +1,262 @@
+"""TFDS input pipeline: per-process splits, decode fused with the crop, exact resume, padded eval.
+
+Sources (cfg.data.name):
+  - a TFDS image-classification dataset with 'image' and 'label' features ('imagenet2012',
+    'cifar100', 'imagenette/full-size-v2', 'name/config:version', ...) prepared in cfg.data.data_dir
+    ('' = TFDS default: $TFDS_DATA_DIR or ~/tensorflow_datasets). Nothing is ever downloaded here: a
+    dataset that is not prepared raises DatasetNotFoundError saying how to prepare it.
+  - 'folder:ROOT': images in ROOT/<split>/<class>/*.{jpg,jpeg,png} read by
+    tfds.folder_dataset.ImageFolder; classes are the sorted class folder names, splits the split
+    folder names (set eval_split='val' or whatever the folder holds).
+  - cfg.data.mock = N > 0: N random examples per split from tfds.testing.mock_data (random 5-49 px
+    images; smoke tests, no files needed).
+
+Train order and resume. Epoch e is one tf.data pass whose order is a pure function of (cfg.seed, e):
+file order and shuffle buffer are both seeded with seed_e, the epoch keeps its first
+steps_per_epoch * local_batch examples (every process runs the same number of steps), and example i
+of the epoch is augmented with the stateless seed fold_in((seed_e, process_index), i). A run resumed
+at step k starts epoch k // steps_per_epoch and skips the (k % steps_per_epoch) * local_batch
+examples already consumed, on the raw undecoded records. Chosen over reseeding at resume because a
+resumed run then sees exactly the batches an uninterrupted run sees (bitwise: tf.data is
+deterministic here), as with the synthetic data. Costs: at resume, reading (not decoding) at most
+one epoch's share of records; at each epoch start, refilling the shuffle buffer (one pass per
+epoch instead of .repeat(), whose fused shuffle-and-repeat keeps the buffer but cannot be resumed).
+
+Eval: this process's share of the eval split in file order, zero-padded with mask=False up to
+ceil(ceil(n / process_count) / local_batch) full batches, so every process runs the same number of
+steps and every example counts exactly once (big_vision make_for_inference).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Callable, Iterator, NamedTuple
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from lkd_jax.data import Batch, Dataset, DatasetNotFoundError, augment
+
+FOLDER_PREFIX = 'folder:'
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+class Process(NamedTuple):
+  index: int
+  count: int
+
+
+class Source(NamedTuple):
+  """A dataset on disk (or mocked) and how to read its splits."""
+  builder: tfds.core.DatasetBuilder
+  subsplits: bool  # False (ImageFolder, mock_data): read the whole split, then take + shard.
+  mock: int = 0
+
+
+def hide_accelerators_from_tf() -> None:
+  """Keeps TF on the CPU so that it never takes accelerator memory from JAX."""
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # TF's devices are already initialised (an earlier build did this).
+    pass
+
+
+def build(cfg: ml_collections.ConfigDict, *, process_index: int | None = None,
+          process_count: int | None = None) -> Dataset:
+  """cfg.data's dataset for this process (default: jax's); a missing dataset raises first."""
+  hide_accelerators_from_tf()
+  source = open_source(cfg.data)
+  if process_index is None or process_count is None:
+    import jax
+    process_index, process_count = jax.process_index(), jax.process_count()
+  proc = Process(process_index, process_count)
+  num_train = split_size(source, cfg.data.train_split, cfg.data.num_train)
+  plan = train_plan(num_train, cfg.batch_size, proc)
+  eval_ds = eval_dataset(source, cfg, proc)
+  return Dataset(
+      train=lambda start_step: train_batches(source, cfg, proc, plan, start_step),
+      eval=eval_ds.as_numpy_iterator,
+      num_classes=source.builder.info.features['label'].num_classes,
+      num_train=num_train, image_size=cfg.data.image_size)
+
+
+# ---------------------------------------------------------------------------------------- sources
+
+def open_source(d: ml_collections.ConfigDict) -> Source:
+  """The builder of d.name; DatasetNotFoundError names where it looked and what to run."""
+  name, mock = d.name, int(d.get('mock', 0))
+  if name.startswith(FOLDER_PREFIX):
+    root = os.path.expanduser(name[len(FOLDER_PREFIX):])
+    if not tf.io.gfile.isdir(root):
+      raise DatasetNotFoundError(
+          f'Image folder {root!r} (data.name={name!r}) does not exist. Expected layout: '
+          f'{root}/<split>/<class>/*.jpg, e.g. {root}/train/n01440764/x.JPEG and {root}/val/...')
+    return Source(tfds.folder_dataset.ImageFolder(root), subsplits=False)
+  data_dir = d.data_dir or None
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.DatasetNotFoundError as e:
+    root = data_dir or tfds.core.constants.DATA_DIR
+    raise DatasetNotFoundError(
+        f'Dataset {name!r} is neither a TFDS dataset nor prepared in data_dir {root!r}. Check '
+        f'data.name, or set data.data_dir to the folder that holds {name}/.') from e
+  if mock > 0:
+    return Source(builder, subsplits=False, mock=mock)
+  if not builder.is_prepared():
+    raise DatasetNotFoundError(_how_to_prepare(builder, name))
+  return Source(builder, subsplits=True)
+
+
+def _how_to_prepare(builder: tfds.core.DatasetBuilder, name: str) -> str:
+  root = os.fspath(builder.data_dir_root)
+  head = (f'Dataset {name!r} is not prepared in data_dir {root!r} (no {builder.data_dir}). '
+          'lkd_jax never downloads datasets. ')
+  manual = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
+  if manual:
+    return head + (
+        f'{name} needs a manual download: put the files below into {root}/downloads/manual/ '
+        f"(TFDS' manual_dir), then run\n  tfds build {name} --data_dir {root}\n(or add "
+        '--manual_dir DIR if the files are elsewhere), or set data.data_dir to where it is '
+        f'already prepared. Instructions from TFDS:\n{manual.strip()}')
+  return head + (f'Prepare it with\n  tfds build {name} --data_dir {root}\nor set data.data_dir '
+                 'to where it is already prepared.')
+
+
+def _mocked(n: int):
+  if n <= 0:
+    return contextlib.nullcontext()
+  import tensorflow_datasets.testing as tfds_testing  # test helpers: imported only when mocking.
+  return tfds_testing.mock_data(num_examples=n, policy=tfds_testing.MockPolicy.USE_CODE)
+
+
+def _capped(split: str, cap: int) -> str:
+  return f'{split}[:{cap}]' if cap > 0 else split
+
+
+def split_size(source: Source, split: str, cap: int = 0) -> int:
+  """Examples in split[:cap] over all processes (cap 0: the whole split)."""
+  if source.subsplits:
+    return source.builder.info.splits[_capped(split, cap)].num_examples
+  n = source.mock or source.builder.info.splits[split].num_examples
+  return min(n, cap) if cap > 0 else n
+
+
+def share(n: int, proc: Process) -> int:
+  """This process's part of n examples as tfds.even_splits sizes it (n % count get one more)."""
+  return n // proc.count + int(proc.index < n % proc.count)
+
+
+def read(source: Source, split: str, cap: int, proc: Process, shuffle_seed: int | None = None
+         ) -> tf.data.Dataset:
+  """This process's raw records of split[:cap]: {'image': encoded bytes, 'label': int32}."""
+  decoders = {'image': tfds.decode.SkipDecoding()}  # decoded later, fused with the crop.
+  if source.subsplits:
+    sub = tfds.split_for_jax_process(_capped(split, cap), process_index=proc.index,
+                                     process_count=proc.count)
+    ds = source.builder.as_dataset(
+        split=sub, shuffle_files=shuffle_seed is not None, decoders=decoders,
+        read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed, skip_prefetch=True,
+                                    try_autocache=False))
+  else:
+    # No sub-split API (ImageFolder, mock_data): each process reads the split and keeps 1/count.
+    with _mocked(source.mock):
+      ds = source.builder.as_dataset(split=split, decoders=decoders)
+    ds = ds.take(cap if cap > 0 else -1).shard(proc.count, proc.index)
+  return ds.map(lambda ex: {'image': ex['image'], 'label': tf.cast(ex['label'], tf.int32)})
+
+
+def options(threads: int = 0) -> tf.data.Options:
+  """big_vision's options: private threadpool, one thread per op, no injected prefetch."""
+  o = tf.data.Options()
+  o.deterministic = True
+  o.threading.private_threadpool_size = threads or len(os.sched_getaffinity(0))
+  o.threading.max_intra_op_parallelism = 1
+  o.experimental_optimization.inject_prefetch = False  # "stop magic that eats all RAM" (big_vision)
+  return o
+
+
+# ------------------------------------------------------------------------------------------ train
+
+class TrainPlan(NamedTuple):
+  local_batch: int
+  steps_per_epoch: int
+
+
+def local_batch_size(global_batch: int, proc: Process, what: str = 'batch_size') -> int:
+  """global_batch // process_count, which must divide exactly."""
+  if global_batch % proc.count:
+    raise ValueError(f'{what}={global_batch} is not divisible by the {proc.count} processes.')
+  return global_batch // proc.count
+
+
+def train_plan(num_train: int, global_batch: int, proc: Process) -> TrainPlan:
+  """Batches per epoch, the same on every process (from the smallest per-process share)."""
+  local = local_batch_size(global_batch, proc)
+  steps = (num_train // proc.count) // local
+  if steps == 0:
+    raise ValueError(f'The train split has {num_train} examples: fewer than one batch of {local} '
+                     f'per process ({proc.count} processes).')
+  return TrainPlan(local, steps)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+  """The seed of an epoch's file order, shuffle buffer and augmentations."""
+  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def train_map_fn(d: ml_collections.ConfigDict, seed: int, process_index: int) -> Callable:
+  """(index, raw example) -> augmented example, seeded by (seed, process_index, index) only."""
+  base = tf.constant([seed, process_index], tf.int64)
+
+  def fn(index: tf.Tensor, ex: dict) -> dict:
+    key = tf.random.experimental.stateless_fold_in(base, index)
+    return {'image': augment.train_preprocess(ex['image'], key, d), 'label': ex['label']}
+  return fn
+
+
+def train_epoch(source: Source, cfg: ml_collections.ConfigDict, proc: Process, plan: TrainPlan,
+                epoch: int, skip_steps: int = 0) -> tf.data.Dataset:
+  """The batches of one epoch from step skip_steps on; skipped examples are never decoded."""
+  d, seed = cfg.data, epoch_seed(cfg.seed, epoch)
+  ds = read(source, d.train_split, d.num_train, proc, shuffle_seed=seed)
+  ds = ds.shuffle(d.shuffle_buffer, seed=seed)
+  ds = ds.take(plan.steps_per_epoch * plan.local_batch).enumerate()
+  ds = ds.skip(skip_steps * plan.local_batch)
+  ds = ds.map(train_map_fn(d, seed, proc.index), num_parallel_calls=AUTOTUNE)
+  ds = ds.batch(plan.local_batch, drop_remainder=True)
+  return ds.with_options(options(d.threads)).prefetch(d.prefetch)
+
+
+def train_batches(source: Source, cfg: ml_collections.ConfigDict, proc: Process, plan: TrainPlan,
+                  start_step: int = 0) -> Iterator[Batch]:
+  """Endless host-local {'image' uint8 [b,S,S,3], 'label' int32 [b]} for steps start_step, ..."""
+  epoch, step = divmod(start_step, plan.steps_per_epoch)
+  while True:
+    yield from train_epoch(source, cfg, proc, plan, epoch, step).as_numpy_iterator()
+    epoch, step = epoch + 1, 0
+
+
+# ------------------------------------------------------------------------------------------- eval
+
+def eval_map_fn(d: ml_collections.ConfigDict) -> Callable:
+  """Raw example -> resized, centre-cropped example with mask=True."""
+  return lambda ex: {'image': augment.eval_preprocess(ex['image'], d), 'label': ex['label'],
+                     'mask': True}
+
+
+def eval_dataset(source: Source, cfg: ml_collections.ConfigDict, proc: Process) -> tf.data.Dataset:
+  """One padded, masked pass over this process's eval share, as many batches on every process."""
+  d = cfg.data
+  local = local_batch_size(cfg.eval_batch_size, proc, 'eval_batch_size')
+  n = split_size(source, d.eval_split, d.num_eval)
+  steps = -(-(-(-n // proc.count)) // local)
+  ds = read(source, d.eval_split, d.num_eval, proc).map(eval_map_fn(d), num_parallel_calls=AUTOTUNE)
+  if d.cache_eval:
+    ds = ds.cache()
+  pad = tf.data.Dataset.from_tensors({'image': tf.zeros([d.image_size, d.image_size, 3], tf.uint8),
+                                      'label': tf.constant(0, tf.int32), 'mask': False})
+  # Finite padding, not take() on endless padding: each pass reads to the end, completing the cache.
+  ds = ds.concatenate(pad.repeat(steps * local - share(n, proc)))
+  return ds.batch(local, drop_remainder=True).with_options(options(d.threads)).prefetch(d.prefetch)

@@ -1,0 +1,162 @@
+"""TFDS pipeline on a tiny on-disk dataset (labels are example ids), an image folder, mock_data."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from configs import common
+from lkd_jax import data as data_lib
+from lkd_jax.data import tfds_pipeline as tp
+
+NUM_TRAIN, NUM_EVAL, SIZE = 24, 10, 32
+
+
+def _jpegs(rng: np.random.Generator, n: int) -> list[bytes]:
+  """n random JPEGs of random non-square sizes (the pipeline must crop/resize them to SIZE)."""
+  return [tf.io.encode_jpeg(rng.integers(0, 256, (int(rng.integers(12, 60)),
+                                                  int(rng.integers(12, 60)), 3), np.uint8)).numpy()
+          for _ in range(n)]
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """A prepared TFDS dataset 'lkd_tiny_ids': label = example id, so each example is identifiable."""
+  root = str(tmp_path_factory.mktemp('tfds'))
+  rng = np.random.default_rng(0)
+  split = lambda n: tf.data.Dataset.from_tensor_slices({'image': _jpegs(rng, n),
+                                                        'label': np.arange(n)})
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name='lkd_tiny_ids', version='1.0.0', data_dir=root,
+      split_datasets={'train': split(NUM_TRAIN), 'validation': split(NUM_EVAL)},
+      features=tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=(None, None, 3), encoding_format='jpeg'),
+          'label': tfds.features.ClassLabel(num_classes=NUM_TRAIN)}))
+  return root
+
+
+def _cfg(data_dir='', batch=8, eval_batch=8, seed=0, **data):
+  c = common.base_config()
+  c.seed, c.batch_size, c.eval_batch_size = seed, batch, eval_batch
+  c.data.update(name='lkd_tiny_ids', data_dir=data_dir, image_size=SIZE, shuffle_buffer=64,
+                threads=2)
+  c.data.update(data)
+  return c
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _eval_ids(cfg, count):
+  """Per process: (number of eval batches, ids of the real examples), checking padding is zero."""
+  out, local = [], cfg.eval_batch_size // count
+  for i in range(count):
+    batches = list(tp.build(cfg, process_index=i, process_count=count).eval())
+    for b in batches:
+      assert b['image'].shape == (local, SIZE, SIZE, 3) and b['mask'].shape == (local,)
+      assert not b['image'][~b['mask']].any() and not b['label'][~b['mask']].any()
+    out.append((len(batches), [int(x) for b in batches for x in b['label'][b['mask']]]))
+  return out
+
+
+def test_batch_shapes_and_dtypes_with_randaugment(data_dir):
+  cfg = _cfg(data_dir)
+  assert cfg.data.randaugment and cfg.data.reprob > 0  # the paper's recipe, not a reduced one.
+  ds = tp.build(cfg, process_index=0, process_count=1)
+  assert (ds.num_classes, ds.num_train, ds.image_size) == (NUM_TRAIN, NUM_TRAIN, SIZE)
+  b = next(ds.train(0))
+  assert b['image'].shape == (8, SIZE, SIZE, 3) and b['image'].dtype == np.uint8
+  assert b['label'].shape == (8,) and b['label'].dtype == np.int32
+  assert b['image'].std() > 1
+  e = next(ds.eval())
+  assert e['image'].shape == (8, SIZE, SIZE, 3) and e['image'].dtype == np.uint8
+  assert e['label'].dtype == np.int32 and e['mask'].dtype == bool and e['mask'].shape == (8,)
+
+
+@pytest.mark.parametrize('count,eval_batch,steps', [(2, 4, 3), (3, 6, 2)])
+def test_eval_shares_are_disjoint_complete_padded_and_equal_in_steps(data_dir, count, eval_batch,
+                                                                      steps):
+  per_process = _eval_ids(_cfg(data_dir, batch=6, eval_batch=eval_batch), count)
+  assert [n for n, _ in per_process] == [steps] * count  # 10 examples, 2 x 2 per step: 3 steps.
+  ids = [i for _, mine in per_process for i in mine]
+  assert sorted(ids) == list(range(NUM_EVAL))           # each example exactly once over processes.
+
+
+def test_num_eval_caps_the_eval_split(data_dir):
+  per_process = _eval_ids(_cfg(data_dir, batch=4, eval_batch=4, num_eval=7), 2)
+  first7 = tfds.builder('lkd_tiny_ids', data_dir=data_dir).as_dataset(split='validation[:7]')
+  assert sorted(i for _, mine in per_process for i in mine) == sorted(
+      int(ex['label']) for ex in first7)
+
+
+def test_train_epoch_is_split_disjointly_over_processes(data_dir):
+  cfg = _cfg(data_dir, randaugment='')  # global batch 8 = 2 x 4; 12 per process = 3 steps/epoch.
+  ids = [np.concatenate([b['label'] for b in _take(
+      tp.build(cfg, process_index=i, process_count=2).train(0), 3)]) for i in range(2)]
+  assert all(len(set(x.tolist())) == 12 for x in ids)
+  assert sorted(np.concatenate(ids).tolist()) == list(range(NUM_TRAIN))
+
+
+def test_same_seed_same_batches_other_seed_differs(data_dir):
+  first = lambda seed: next(tp.build(_cfg(data_dir, seed=seed, randaugment=''), process_index=0,
+                                     process_count=1).train(0))
+  a, b, c = first(0), first(0), first(1)
+  assert np.array_equal(a['image'], b['image']) and np.array_equal(a['label'], b['label'])
+  assert not np.array_equal(a['label'], c['label'])
+
+
+def test_resume_mid_epoch_repeats_the_uninterrupted_batches_bitwise(data_dir):
+  ds = tp.build(_cfg(data_dir), process_index=0, process_count=1)  # 3 steps/epoch; RandAugment on.
+  full = _take(ds.train(0), 8)
+  for epoch in range(2):  # every epoch shows each example exactly once, in a new order.
+    ids = np.concatenate([b['label'] for b in full[3 * epoch:3 * epoch + 3]])
+    assert sorted(ids.tolist()) == list(range(NUM_TRAIN))
+  assert not np.array_equal(full[0]['label'], full[3]['label'])
+  resumed = _take(ds.train(4), 4)  # resume inside epoch 1, run across the boundary into epoch 2.
+  for x, y in zip(full[4:], resumed):
+    assert np.array_equal(x['label'], y['label']) and np.array_equal(x['image'], y['image'])
+
+
+def test_missing_dataset_names_the_data_dir_and_how_to_prepare_it(tmp_path):
+  with pytest.raises(tp.DatasetNotFoundError) as e:
+    tp.build(_cfg(str(tmp_path), name='imagenet2012'), process_index=0, process_count=1)
+  msg = str(e.value)
+  for text in (str(tmp_path), f'{tmp_path}/downloads/manual', 'ILSVRC2012_img_train.tar',
+               'ILSVRC2012_img_val.tar', 'image-net.org', 'tfds build imagenet2012 --data_dir',
+               '--manual_dir'):
+    assert text in msg
+  assert isinstance(e.value, data_lib.DatasetNotFoundError)  # main.py catches this class.
+  assert isinstance(e.value, FileNotFoundError) and not os.listdir(tmp_path)
+  with pytest.raises(tp.DatasetNotFoundError, match='tfds build cifar100'):
+    tp.build(_cfg(str(tmp_path), name='cifar100'), process_index=0, process_count=1)
+  with pytest.raises(tp.DatasetNotFoundError, match='does not exist'):
+    tp.build(_cfg(name=f'folder:{tmp_path}/none'), process_index=0, process_count=1)
+
+
+def test_image_folder(tmp_path):
+  rng = np.random.default_rng(1)
+  for split, n in (('train', 4), ('val', 3)):
+    for cls in ('cat', 'dog', 'emu'):
+      os.makedirs(tmp_path / split / cls)
+      for k, jpeg in enumerate(_jpegs(rng, n)):
+        (tmp_path / split / cls / f'{k}.jpg').write_bytes(jpeg)
+  cfg = _cfg(name=f'folder:{tmp_path}', eval_split='val', batch=4, eval_batch=4, randaugment='')
+  ds = tp.build(cfg, process_index=0, process_count=2)
+  assert (ds.num_classes, ds.num_train) == (3, 12)
+  b = next(ds.train(0))
+  assert b['image'].shape == (2, SIZE, SIZE, 3) and set(b['label'].tolist()) <= {0, 1, 2}
+  masks = [np.concatenate([e['mask'] for e in tp.build(cfg, process_index=i,
+                                                       process_count=2).eval()]) for i in range(2)]
+  assert [len(m) for m in masks] == [6, 6] and sum(m.sum() for m in masks) == 9
+
+
+def test_mock_imagenet2012_tiny_random_images_are_resized():
+  cfg = _cfg(name='imagenet2012', mock=6, batch=4, eval_batch=4, randaugment='')
+  ds = tp.build(cfg, process_index=0, process_count=1)
+  assert (ds.num_classes, ds.num_train) == (1000, 6)
+  b = next(ds.train(0))
+  assert b['image'].shape == (4, SIZE, SIZE, 3) and b['label'].max() < 1000
+  masks = [e['mask'] for e in ds.eval()]
+  assert len(masks) == 2 and sum(m.sum() for m in masks) == 6
