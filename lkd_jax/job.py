@@ -36,11 +36,14 @@ def _flatten(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
 def finished_result(cfg: ml_collections.ConfigDict, stage_dir: str) -> dict[str, Any] | None:
   """The final metrics of a stage that already ran to its end with this very config, else None."""
   path = os.path.join(stage_dir, 'final_metrics.json')
-  if not (os.path.exists(path) and train.same_config(cfg, stage_dir)):
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    result = json.load(f)
+  if result.get('config_digest') != train.config_digest(cfg):
     return None
   logging.info('Stage in %s already finished with this config: reading %s.', stage_dir, path)
-  with open(path) as f:
-    return json.load(f)
+  return result
 
 
 def run_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

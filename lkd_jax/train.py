@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -38,23 +39,20 @@ def config_text(config: ml_collections.ConfigDict) -> str:
   return config.to_json_best_effort(indent=2, sort_keys=True)
 
 
-def same_config(config: ml_collections.ConfigDict, workdir: str) -> bool:
-  """True when workdir/config.json holds exactly this config."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    return f.read() == config_text(config)
+def config_digest(config: ml_collections.ConfigDict) -> str:
+  """A short hash of the config text: final_metrics.json records which config produced it."""
+  return hashlib.sha256(config_text(config).encode()).hexdigest()[:16]
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes the locked config as config.json; a different config on resume goes beside it, never over it."""
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, 'config.json')
-  if same_config(config, workdir):
-    return
   text = config_text(config)
+  path = os.path.join(workdir, 'config.json')
   if os.path.exists(path):
+    with open(path) as f:
+      if f.read() == text:
+        return
     path = os.path.join(workdir, f'config.{time.strftime("%Y%m%d-%H%M%S")}.json')
   with open(path, 'w') as f:
     f.write(text)
@@ -240,6 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   writer.flush()
   mngr.close()
   result['step'] = total_steps
+  result['config_digest'] = config_digest(config)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
       json.dump(result, f, indent=2)

@@ -46,13 +46,14 @@ def test_summary_over_seeds_groups_by_method_with_sample_std(tmp_path, capsys):
 
 
 def test_finished_stage_is_read_back_only_with_the_same_config(tmp_path):
-  c = demo.get_config('seed=1,steps=5')
-  cfg = job.stage_config(c, 'student', str(tmp_path))
-  stage_dir = str(tmp_path / 'student')
-  assert job.finished_result(cfg, stage_dir) is None
-  train.write_config(cfg, stage_dir)
-  assert job.finished_result(cfg, stage_dir) is None  # started, not finished
-  (tmp_path / 'student' / 'final_metrics.json').write_text(json.dumps({'accuracy': 0.5}))
-  assert job.finished_result(cfg, stage_dir) == {'accuracy': 0.5}
+  cfg = job.stage_config(demo.get_config('seed=1,steps=5'), 'student', str(tmp_path))
   other = job.stage_config(demo.get_config('seed=1,steps=6'), 'student', str(tmp_path))
-  assert job.finished_result(other, stage_dir) is None
+  stage = tmp_path / 'student'
+  assert job.finished_result(cfg, str(stage)) is None  # never ran
+  stage.mkdir()
+  done = {'accuracy': 0.5, 'config_digest': train.config_digest(cfg)}
+  (stage / 'final_metrics.json').write_text(json.dumps(done))
+  assert job.finished_result(cfg, str(stage)) == done
+  # A later run with another config (resumed, or killed before it finished) is not "finished".
+  assert job.finished_result(other, str(stage)) is None
+  assert train.config_digest(other) != train.config_digest(cfg)
