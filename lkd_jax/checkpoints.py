@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 def manager(directory: str, *, max_to_keep: int = 3, save_every: int | None = None
@@ -17,8 +18,13 @@ def manager(directory: str, *, max_to_keep: int = 3, save_every: int | None = No
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, save_interval_steps=save_every or 1, create=True,
       enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=('state',))
+  return ocp.CheckpointManager(absolute(directory), options=options, item_names=('state',))
+
+
+def absolute(directory: str) -> epath.Path:
+  """An absolute local path, or the cloud path (gs://...) as it is: orbax wants absolute paths."""
+  path = epath.Path(directory)
+  return path if '://' in str(directory) else epath.Path(os.path.abspath(directory))
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, force: bool = False) -> bool:
@@ -35,9 +41,9 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: Any, step: int | None =
 
 def latest_step(directory: str) -> int | None:
   """Latest saved step under `directory`, or None when there is none."""
-  if not os.path.isdir(directory):
+  if not epath.Path(directory).is_dir():
     return None
-  with ocp.CheckpointManager(os.path.abspath(directory), item_names=('state',)) as mngr:
+  with ocp.CheckpointManager(absolute(directory), item_names=('state',)) as mngr:
     return mngr.latest_step()
 
 

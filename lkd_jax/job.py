@@ -5,8 +5,10 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 from absl import logging
+from etils import epath
 
 from lkd_jax import report, train
 
@@ -35,11 +37,10 @@ def _flatten(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
 
 def finished_result(cfg: ml_collections.ConfigDict, stage_dir: str) -> dict[str, Any] | None:
   """The final metrics of a stage that already ran to its end with this very config, else None."""
-  path = os.path.join(stage_dir, 'final_metrics.json')
-  if not os.path.exists(path):
+  path = epath.Path(stage_dir) / 'final_metrics.json'
+  if not path.exists():
     return None
-  with open(path) as f:
-    result = json.load(f)
+  result = json.loads(path.read_text())
   if result.get('config_digest') != train.config_digest(cfg):
     return None
   logging.info('Stage in %s already finished with this config: reading %s.', stage_dir, path)
@@ -61,6 +62,7 @@ def run_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                      results['distilled']['accuracy'], seed=config.seed,
                      teacher=cfgs['teacher'].model.name, student=cfgs['student'].model.name,
                      method=cfgs['distilled'].method)
-  report.write(rep, workdir)
+  if jax.process_index() == 0:
+    report.write(rep, workdir)
   print(report.to_markdown(rep), flush=True)
   return rep

@@ -8,6 +8,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :k=v,k=v arguments.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and the report.')
+flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first (Cloud TPU pod '
+                  'slices, SLURM / Open MPI GPU clusters: the coordinator is auto-detected).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -21,6 +23,8 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_quiet_orbax)
   import jax
   import tensorflow as tf
+  if FLAGS.multihost:
+    jax.distributed.initialize()
   tf.config.set_visible_devices([], 'GPU')  # TF (tf.data, writers) must never take an accelerator.
   from lkd_jax import train
   from lkd_jax.data import DatasetNotFoundError

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
+
+from etils import epath
 
 
 def gains(teacher_acc: float, student_acc: float, distilled_acc: float) -> dict[str, float]:
@@ -33,11 +34,10 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def write(report: dict[str, Any], workdir: str) -> None:
-  """Writes report.json and report.md into `workdir`."""
-  with open(os.path.join(workdir, 'report.json'), 'w') as f:
-    json.dump(report, f, indent=2, sort_keys=True)
-  with open(os.path.join(workdir, 'report.md'), 'w') as f:
-    f.write(to_markdown(report))
+  """Writes report.json and report.md into `workdir` (local or gs://)."""
+  workdir = epath.Path(workdir)
+  (workdir / 'report.json').write_text(json.dumps(report, indent=2, sort_keys=True))
+  (workdir / 'report.md').write_text(to_markdown(report))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -83,8 +83,8 @@ def main(paths: list[str]) -> None:
   """Prints the mean ± std summary of the report.json files (or run directories) in `paths`."""
   reports = []
   for p in paths:
-    with open(os.path.join(p, 'report.json') if os.path.isdir(p) else p) as f:
-      reports.append(json.load(f))
+    path = epath.Path(p)
+    reports.append(json.loads((path / 'report.json' if path.is_dir() else path).read_text()))
   if not reports:
     raise SystemExit('usage: python -m lkd_jax.report RUN_DIR_OR_REPORT_JSON [...]')
   print(summary_markdown(summarize(reports)), end='')

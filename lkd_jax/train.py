@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
+from etils import epath
 from flax import nnx
 
 from lkd_jax import checkpoints, optim, sharding
@@ -45,17 +46,21 @@ def config_digest(config: ml_collections.ConfigDict) -> str:
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes the locked config as config.json; a different config on resume goes beside it, never over it."""
-  os.makedirs(workdir, exist_ok=True)
+  """Writes the locked config as config.json; a different config on resume goes beside it, never over it.
+
+  Only process 0 writes (the workdir is shared by all hosts of a pod, e.g. on gs://).
+  """
+  if jax.process_index() != 0:
+    return
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   text = config_text(config)
-  path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      if f.read() == text:
-        return
-    path = os.path.join(workdir, f'config.{time.strftime("%Y%m%d-%H%M%S")}.json')
-  with open(path, 'w') as f:
-    f.write(text)
+  path = workdir / 'config.json'
+  if path.exists():
+    if path.read_text() == text:
+      return
+    path = workdir / f'config.{time.strftime("%Y%m%d-%H%M%S")}.json'
+  path.write_text(text)
 
 
 def _validate(config: ml_collections.ConfigDict) -> methods.Method:
@@ -76,7 +81,7 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[A
     raise ValueError('teacher.checkpoint is empty: name a run directory of lkd_jax, or a '
                      '.pth/.npz/.safetensors file or converted directory (python -m lkd_jax.convert).')
   form = config.teacher.inference_form
-  if os.path.exists(os.path.join(path, 'config.json')) and checkpoints.latest_step(
+  if (epath.Path(path) / 'config.json').exists() and checkpoints.latest_step(
       os.path.join(path, 'checkpoints')) is not None:
     teacher = load_run_model(path)
     if form == 'merged':
@@ -90,8 +95,7 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[A
 
 def load_run_model(run_dir: str) -> nnx.Module:
   """The trained student of an lkd_jax run directory (its latest checkpoint), as a module."""
-  with open(os.path.join(run_dir, 'config.json')) as f:
-    cfg = ml_collections.ConfigDict(json.load(f))
+  cfg = ml_collections.ConfigDict(json.loads((epath.Path(run_dir) / 'config.json').read_text()))
   model = models.create(cfg.model.name, num_classes=cfg.num_classes, **cfg.model.kwargs)
   graph, params, batch_stats, rest = step_lib.split_student(model)
   with checkpoints.manager(os.path.join(run_dir, 'checkpoints')) as mngr:
@@ -240,8 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   result['step'] = total_steps
   result['config_digest'] = config_digest(config)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
-      json.dump(result, f, indent=2)
+    (epath.Path(workdir) / 'final_metrics.json').write_text(json.dumps(result, indent=2))
   return result
 
 
