@@ -13,7 +13,6 @@ torch is optional (extra `[torch]`); without it the JAX side runs and the JSON s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from emit import emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import depthwise as dw  # noqa: E402
 
 try:
@@ -172,13 +172,7 @@ def main(argv=None):
       torch_threads=threads if torch is not None else None,
       units='ms (median)', ratio_definition='JAX auto fwd+bwd / torch NCHW fwd+bwd',
       cases=rows)
-  text = json.dumps(out, indent=1)
-  if a.out:
-    os.makedirs(os.path.dirname(a.out) or '.', exist_ok=True)
-    with open(a.out, 'w') as f:
-      f.write(text + '\n')
-  if a.json:
-    print(text)
+  emit(out, a.out, a.json)
 
 
 if __name__ == '__main__':

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import platform
 import sys
@@ -29,6 +28,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from emit import emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from configs import common  # noqa: E402
 from lkd_jax.data import tfds_pipeline as tp  # noqa: E402
 
@@ -146,14 +146,8 @@ def main(argv=None):
       notes=[f'load average above {cores} means other jobs shared the cores: wall-clock rates are '
              'lower bounds; img_per_cpu_s is not diluted by them'],
       cases=cases)
-  text = json.dumps(out, indent=1)
-  if a.out:
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, 'w') as f:
-      f.write(text + '\n')
-  if a.json:
-    print(text)
-  else:
+  emit(out, a.out, a.json)
+  if not a.json:
     for c in cases:
       print(c)
 

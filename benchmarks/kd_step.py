@@ -30,6 +30,7 @@ import optax
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from emit import emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import depthwise as dw  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
 
@@ -296,13 +297,7 @@ def main(argv=None):
              'stop_gradient + student train fwd/bwd + KD loss + AdamW, one jax.jit, student donated)',
              loss='0.9*CE + 0.1*KL(T=3)*T^2', units='seconds per step (median)', notes=notes,
              summary=summary, cases=rows)
-  text = json.dumps(out, indent=1)
-  if a.out:
-    os.makedirs(os.path.dirname(a.out) or '.', exist_ok=True)
-    with open(a.out, 'w') as f:
-      f.write(text + '\n')
-  if a.json:
-    print(text)
+  emit(out, a.out, a.json)
 
 
 if __name__ == '__main__':
