@@ -24,6 +24,8 @@ def test_recipe_per_student_and_argument_errors():
   r = slak_kd.get_config('student=resnet50,method=kd')
   assert (r.batch_size, r.optim.grad_accum_steps, r.model.kwargs.drop_path_rate) == (1024, 1, 0.0)
   assert (r.kd_alpha, r.kd_temperature, r.teacher.name) == (0.1, 3.0, 'slak_t')
+  assert slak_kd.get_config('student=convnext_s_bn').optim.grad_accum_steps == 1
+  assert slak_kd.get_config('student=convnext_s_bn,batch=512').optim.grad_accum_steps == 8  # 4096
   assert slak_kd.get_config('method=ce').teacher.name == ''
   with pytest.raises(ValueError, match='multiple of batch'):
     slak_kd.get_config('eff_batch=1000,batch=300')
