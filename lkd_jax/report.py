@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from etils import epath
@@ -84,12 +85,16 @@ def main(paths: list[str]) -> None:
   reports = []
   for p in paths:
     path = epath.Path(p)
-    reports.append(json.loads((path / 'report.json' if path.is_dir() else path).read_text()))
+    path = path / 'report.json' if path.is_dir() else path
+    if not path.exists():  # e.g. a job still running among runs/*/
+      print(f'skipping {p}: no {path} (the job has not finished)', file=sys.stderr)
+      continue
+    reports.append(json.loads(path.read_text()))
   if not reports:
-    raise SystemExit('usage: python -m lkd_jax.report RUN_DIR_OR_REPORT_JSON [...]')
+    raise SystemExit('usage: python -m lkd_jax.report RUN_DIR_OR_REPORT_JSON [...] '
+                     '(job directories holding report.json)')
   print(summary_markdown(summarize(reports)), end='')
 
 
 if __name__ == '__main__':
-  import sys
   main(sys.argv[1:])

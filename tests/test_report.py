@@ -40,8 +40,12 @@ def test_summary_over_seeds_groups_by_method_with_sample_std(tmp_path, capsys):
   for i, r in enumerate(reps):
     (tmp_path / str(i)).mkdir()
     report.write(r, str(tmp_path / str(i)))
-  report.main([str(tmp_path / '0'), str(tmp_path / '1'), str(tmp_path / '2' / 'report.json')])
-  md = capsys.readouterr().out
+  (tmp_path / 'running').mkdir()
+  report.main([str(tmp_path / '0'), str(tmp_path / '1'), str(tmp_path / '2' / 'report.json'),
+               str(tmp_path / 'running')])
+  out = capsys.readouterr()
+  md = out.out
+  assert 'skipping' in out.err and 'running' in out.err
   assert '| t | s | kd | 2 |' in md and '+3.00 ± 1.41' in md and '| 2/2 |' in md
 
 
