@@ -22,7 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The demo job config; arguments: seed, method, steps, teacher_steps, teacher, student, batch,
   num_train, and method hyper-parameters nkd_gamma, fd_weight, fd_stages ('+'-joined), dkd_warmup_steps."""
   a = common.parse_arg(arg, seed=0, method='kd', steps=400, teacher_steps=2000,
-                       teacher='slak_atto', student='resnet_atto', batch=64, num_train=1024,
+                       teacher='slak_atto', student='resnet_atto', batch=64, num_train=512,
                        teacher_num_train=4096,
                        nkd_gamma=1.5, fd_weight=1.0, fd_stages='stage4', dkd_warmup_steps=0)
   c = common.base_config()
