@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 
 from lkd_jax.data import mix
-from lkd_jax.distill import methods
+from lkd_jax.distill import losses, methods
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -71,8 +71,7 @@ def student_loss(params: Any, batch_stats: Any, graphs: Graphs, teacher_out: Any
                                                              params['projector'])
   loss, metrics = methods.get(cfg.method).loss(student_out, teacher_out, targets, projector, cfg,
                                                step=step)
-  metrics = dict(metrics, loss=loss,
-                 train_accuracy=jnp.mean(jnp.argmax(student_out[0], -1) == jnp.argmax(targets, -1)))
+  metrics = dict(metrics, loss=loss, train_accuracy=losses.accuracy(student_out[0], targets))
   return loss, (metrics, nnx.state(model, nnx.BatchStat))
 
 
