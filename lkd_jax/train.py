@@ -12,7 +12,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath

@@ -25,7 +25,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 DEPTHWISE_IMPLS = ('auto', 'xla', 'shift', 'fft', 'toeplitz', 'hybrid')
 _depthwise_impl = 'auto'
