@@ -19,12 +19,13 @@ mkdir -p "$runs"
 for s in $seeds; do
   base=$runs/s${s}_kd
   [ -f "$base/report.json" ] || $python -m lkd_jax.main --config "configs/demo.py:seed=$s,method=kd$extra" --workdir "$base"
+  base_abs=$(cd "$base" && pwd)
   for m in $methods; do
     d=$runs/s${s}_$m
     [ -f "$d/report.json" ] && continue
     mkdir -p "$d"
-    ln -sfn "$(cd "$base" && pwd)/teacher" "$d/teacher"
-    ln -sfn "$(cd "$base" && pwd)/student" "$d/student"
+    ln -sfn "$base_abs/teacher" "$d/teacher"
+    ln -sfn "$base_abs/student" "$d/student"
     $python -m lkd_jax.main --config "configs/demo.py:seed=$s,method=$m$extra" --workdir "$d"
   done
 done

@@ -143,10 +143,15 @@ def _toeplitz(x, kernel, pad_h, pad_w):
   return (_toeplitz_h if kh >= kw else _toeplitz_w)(x, kernel, pad_h, pad_w)
 
 
+def _half_pads(kernel):
+  """k // 2 zeros on both sides of each axis (torch's padding=k//2)."""
+  kh, kw, _ = kernel.shape
+  return (kh // 2, kh // 2), (kw // 2, kw // 2)
+
+
 @jax.custom_vjp
 def _hybrid_core(x, kernel):
-  kh, kw, _ = kernel.shape
-  return _shift(x, kernel, (kh // 2, kh // 2), (kw // 2, kw // 2))
+  return _shift(x, kernel, *_half_pads(kernel))
 
 
 def _hybrid_fwd(x, kernel):
@@ -155,9 +160,8 @@ def _hybrid_fwd(x, kernel):
 
 def _hybrid_bwd(res, g):
   x, kernel = res
-  kh, kw, _ = kernel.shape
   # The FFT form's own VJP: linear in each input, so XLA drops its unused forward inverse FFT.
-  _, vjp = jax.vjp(lambda x, k: _fft(x, k, (kh // 2, kh // 2), (kw // 2, kw // 2)), x, kernel)
+  _, vjp = jax.vjp(lambda x, k: _fft(x, k, *_half_pads(kernel)), x, kernel)
   return vjp(g)
 
 
@@ -207,6 +211,6 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: str | None = None) -> 
   if kh % 2 == 0 or kw % 2 == 0:
     # Padding k//2 on both sides of an even kernel changes the output size (as nn.Conv2d does);
     # only the grouped conv handles that. No reference model uses even depthwise kernels.
-    return _xla(x, kernel.astype(x.dtype), (kh // 2, kh // 2), (kw // 2, kw // 2))
+    return _xla(x, kernel.astype(x.dtype), *_half_pads(kernel))
   kernel, pad_h, pad_w = crop_kernel(kernel.astype(x.dtype), x.shape[1], x.shape[2])
   return _IMPLS[impl](x, kernel, pad_h, pad_w)
