@@ -22,7 +22,7 @@ from lkd_jax import data as data_lib
 from lkd_jax import models
 from lkd_jax import step as step_lib
 from lkd_jax.distill import methods, projectors
-from lkd_jax.models import layers
+from lkd_jax.models import conv, layers
 from lkd_jax.models.slak import merge_large_kernels
 
 
@@ -148,6 +148,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains one student (optionally distilled from a frozen teacher); returns the final eval metrics."""
   method = _validate(config)
   layers.set_depthwise_impl(config.depthwise_impl)
+  conv.set_conv_impl(config.conv_impl)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   data = data_lib.build(config)  # A missing dataset fails here, before anything is written.

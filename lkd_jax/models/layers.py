@@ -1,7 +1,8 @@
 """Shared layers with the reference PyTorch numerics stated explicitly (DESIGN §5).
 
-Every depthwise convolution in the model zoo goes through `depthwise_conv`, so its
-implementation can be chosen per platform and shape in one place.
+Every depthwise convolution in the model zoo goes through `depthwise_conv`, and every dense one
+through `conv` (its arithmetic in conv.py), so their implementations can be chosen per platform and
+shape in one place each.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lkd_jax.models import conv as _conv
 from lkd_jax.models import depthwise as _dw
 
 TORCH_BN_EPS = 1e-5
@@ -101,7 +103,8 @@ def conv(cin: int, cout: int, k: int | tuple[int, int], *, stride: int = 1, padd
   kh, kw = (k, k) if isinstance(k, int) else k
   ph, pw = (kh // 2, kw // 2) if padding is None else (padding, padding)
   return nnx.Conv(cin, cout, (kh, kw), strides=stride, padding=((ph, ph), (pw, pw)),
-                  use_bias=use_bias, rngs=rngs, **kwargs)
+                  use_bias=use_bias, conv_general_dilated=_conv.conv_general_dilated, rngs=rngs,
+                  **kwargs)
 
 
 def drop_path_rates(rate: float, depths: list[int] | tuple[int, ...]) -> list[float]:
