@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -23,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from depthwise import TORCH_NOTE, Timer, torch  # noqa: E402  (benchmarks/depthwise.py)
-from emit import emit  # noqa: E402
+from emit import device_fields, emit  # noqa: E402
 from lkd_jax.models import conv  # noqa: E402
 
 # (name, input hw, cin, cout, k, stride, pad): every distinct conv shape of ResNet-50 (torchvision
@@ -112,9 +111,7 @@ def main(argv=None):
     print(f'# {name}: ' + ' '.join(f'{k_}={v:.2f}' for k_, v in res.items() if k_ != 'reps'),
           file=sys.stderr, flush=True)
   out = dict(
-      benchmark='dense_conv', device=f'{jax.devices()[0].device_kind} ({jax.default_backend()}), '
-      f'{platform.processor() or platform.machine()}, {threads} cores',
-      gpu_note='no accelerator lent to this session: CPU only' if jax.default_backend() == 'cpu' else None,
+      benchmark='dense_conv', **device_fields(),
       jax=jax.__version__, torch=None if torch is None else torch.__version__, torch_note=TORCH_NOTE,
       units='ms (median)', ratio_definition='JAX matmul fwd+bwd / torch NCHW fwd+bwd',
       speedup_definition='JAX xla fwd+bwd / JAX matmul fwd+bwd', cases=rows)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from emit import emit  # noqa: E402  (benchmarks/emit.py, beside this script)
+from emit import device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import depthwise as dw  # noqa: E402
 
 try:
@@ -165,9 +164,7 @@ def main(argv=None):
             + ' '.join(f'{k_}={v:.2f}' for k_, v in res.items() if k_ != 'reps'),
             file=sys.stderr, flush=True)
   out = dict(
-      benchmark='depthwise', device=f'{jax.devices()[0].device_kind} ({jax.default_backend()}), '
-      f'{platform.processor() or platform.machine()}, {threads} cores',
-      gpu_note='no accelerator lent to this session: CPU only' if jax.default_backend() == 'cpu' else None,
+      benchmark='depthwise', **device_fields(),
       jax=jax.__version__, torch=None if torch is None else torch.__version__, torch_note=TORCH_NOTE,
       torch_threads=threads if torch is not None else None,
       units='ms (median)', ratio_definition='JAX auto fwd+bwd / torch NCHW fwd+bwd',

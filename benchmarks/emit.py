@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 from typing import Any
 
 
@@ -15,3 +16,22 @@ def emit(result: dict[str, Any], out: str | None, to_stdout: bool) -> None:
       f.write(text + '\n')
   if to_stdout:
     print(text)
+
+
+def cpu_model() -> str:
+  """The CPU's model name (from /proc/cpuinfo where there is one)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
+
+
+def device_fields() -> dict[str, Any]:
+  """`device` (JAX's first device, and the host CPU model and core count) and `gpu_note` for a result."""
+  import jax  # the input-pipeline benchmark imports this module without needing jax's devices.
+  d = jax.devices()[0]
+  return dict(device=f'{d.device_kind} ({jax.default_backend()}); host {cpu_model()}, '
+                     f'{os.cpu_count()} cores',
+              gpu_note='no accelerator lent to this session: CPU only'
+              if jax.default_backend() == 'cpu' else None)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import platform
 import sys
 import time
 
@@ -28,7 +27,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from emit import emit  # noqa: E402  (benchmarks/emit.py, beside this script)
+from emit import cpu_model, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from configs import common  # noqa: E402
 from lkd_jax.data import tfds_pipeline as tp  # noqa: E402
 
@@ -93,14 +92,6 @@ def throughput(ds: tf.data.Dataset, batch: int, warmup: int, seconds: float) -> 
   dt, dc = time.perf_counter() - t0, _cpu_s() - c0
   return {'img_per_s': round(n * batch / dt, 1), 'img_per_cpu_s': round(n * batch / dc, 1),
           'batches': n, 'timed_s': round(dt, 2)}
-
-
-def cpu_model() -> str:
-  try:
-    with open('/proc/cpuinfo') as f:
-      return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-  except (OSError, StopIteration):
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None):

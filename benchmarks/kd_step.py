@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -30,7 +29,8 @@ import optax
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from emit import emit  # noqa: E402  (benchmarks/emit.py, beside this script)
+from emit import device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
+from lkd_jax.models import conv  # noqa: E402
 from lkd_jax.models import depthwise as dw  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
 
@@ -224,8 +224,10 @@ def main(argv=None):
   p.add_argument('--reps', type=int, default=3)
   p.add_argument('--pairs', default='slak_t:resnet50,convnext_t:resnet50')
   p.add_argument('--torch-layout', default='nchw', choices=['nchw', 'channels_last'])
+  p.add_argument('--conv-impl', default='auto', choices=conv.CONV_IMPLS, help='dense convs')
   p.add_argument('--peak-tflops', type=float, default=None, help='dense peak for MFU (accelerators)')
   a = p.parse_args(argv)
+  conv.set_conv_impl(a.conv_impl)
   threads = os.cpu_count()
   if torch is not None:
     torch.set_num_threads(threads)
@@ -281,18 +283,17 @@ def main(argv=None):
     print('#', json.dumps(row), file=sys.stderr, flush=True)
   fw = {r['teacher']: r['jax_teacher_fwd_s'] for r in rows}
   summary = {}
-  conv = fw.get('convnext_t', fw.get('convnext_t_bn'))
-  if 'slak_t' in fw and conv:
-    summary['jax_slak_t_fwd_over_convnext_t_fwd'] = round(fw['slak_t'] / conv, 3)
+  cnx = fw.get('convnext_t', fw.get('convnext_t_bn'))
+  if 'slak_t' in fw and cnx:
+    summary['jax_slak_t_fwd_over_convnext_t_fwd'] = round(fw['slak_t'] / cnx, 3)
     if torch is not None:
       tf = {r['teacher']: r['torch_teacher_fwd_s'] for r in rows}
       tconv = tf.get('convnext_t', tf.get('convnext_t_bn'))
       summary['torch_slak_t_fwd_over_convnext_t_fwd'] = round(tf['slak_t'] / tconv, 3)
-  out = dict(benchmark='kd_step', device=f'{jax.devices()[0].device_kind} ({jax.default_backend()}), '
-             f'{platform.processor() or platform.machine()}, {threads} cores',
-             gpu_note='no accelerator lent to this session: CPU only' if jax.default_backend() == 'cpu' else None,
+  out = dict(benchmark='kd_step', **device_fields(),
              jax=jax.__version__, torch=None if torch is None else torch.__version__,
              torch_note=TORCH_NOTE, torch_layout=a.torch_layout, depthwise_impl=dw.get_depthwise_impl(),
+             conv_impl=conv.get_conv_impl(),
              jax_step_note='equivalent fused step built in this script (teacher eval fwd under '
              'stop_gradient + student train fwd/bwd + KD loss + AdamW, one jax.jit, student donated)',
              loss='0.9*CE + 0.1*KL(T=3)*T^2', units='seconds per step (median)', notes=notes,
