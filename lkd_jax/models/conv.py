@@ -4,14 +4,15 @@ Every dense conv in the zoo is built by `layers.conv`, which hands `conv_general
 `nnx.Conv` (same parameters, same checkpoints). Implementations:
 
 - `xla`: `lax.conv_general_dilated`, everywhere. XLA:CPU runs the kernel gradient of a 1x1 conv
-  as a convolution 5-20x slower than the matmul it is (ResNet-50 at 56x56, batch 8: 75-190 ms vs
-  15-22 ms), which makes the ResNet-50 train step 2-3x slower than PyTorch's on CPU.
+  as a convolution several times slower than the matmul it is, which made the ResNet-50 train step
+  2.2-2.3x slower than PyTorch's on CPU (benchmarks/kd_step.py --conv-impl xla).
 - `matmul`: 1x1 convs (any stride) and patchify convs (kernel == stride, no padding: the
   ConvNeXt/SLaK/Swin stems and downsamplers) become one `einsum` over (strided or space-to-depth
   reshaped) pixels, so forward, input gradient and kernel gradient are all plain matmuls. Other
   kernels keep XLA's convolution forward and input gradient, and take the kernel gradient as kh
   matmuls, one per kernel row over its kw shifted slices stacked on channels (im2col by rows; custom
-  VJP): 1.0-1.9x faster than XLA's for ResNet-50's 3x3 convs, 3x for its 7x7/2 stem.
+  VJP). Measured fwd+bwd speed-ups over `xla` (benchmarks/dense_conv.py, 2-core CPU, batch 8):
+  1x1 2.0-4.9x, patchify 1.8-2.7x, ResNet-50's 7x7/2 stem 2.4x, its 3x3 convs 0.8-1.2x.
 - `auto`: `matmul` on CPU, `xla` on GPU/TPU (whose convolution libraries are matmul-based already).
 
 All forms give the convolution's output and gradients up to float rounding (tests/models/test_conv.py).
