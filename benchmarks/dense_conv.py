@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from depthwise import TORCH_NOTE, Timer, torch  # noqa: E402  (benchmarks/depthwise.py)
+from depthwise import TORCH_NOTE, Timer, add_timer_args, torch, torch_module_fns  # noqa: E402  (benchmarks/depthwise.py)
 from emit import device_fields, emit  # noqa: E402
 from lkd_jax.models import conv  # noqa: E402
 
@@ -52,21 +52,7 @@ def torch_fns(xn, wn, stride, pad, channels_last: bool, grad_x: bool):
   m = torch.nn.Conv2d(ci, co, k, stride=stride, padding=pad, bias=False)
   with torch.no_grad():
     m.weight.copy_(torch.from_numpy(np.ascontiguousarray(wn.transpose(3, 2, 0, 1))))
-  x = torch.from_numpy(np.ascontiguousarray(xn.transpose(0, 3, 1, 2)))
-  if channels_last:
-    m = m.to(memory_format=torch.channels_last)
-    x = x.contiguous(memory_format=torch.channels_last)
-  xg = x.clone().requires_grad_(grad_x)
-
-  def fwd():
-    with torch.no_grad():
-      m(x)
-
-  def fwd_bwd():
-    m.zero_grad(set_to_none=True)
-    xg.grad = None
-    torch.square(m(xg)).sum().backward()
-  return fwd, fwd_bwd
+  return torch_module_fns(m, np.ascontiguousarray(xn.transpose(0, 3, 1, 2)), channels_last, grad_x)
 
 
 def main(argv=None):
@@ -75,9 +61,7 @@ def main(argv=None):
   p.add_argument('--out', default=None, help='also write the JSON here')
   p.add_argument('--batch', type=int, default=8)
   p.add_argument('--only', default='', help='only these case names, comma-separated')
-  p.add_argument('--budget', type=float, default=1.5, help='seconds per case after min reps')
-  p.add_argument('--min-reps', type=int, default=3)
-  p.add_argument('--max-reps', type=int, default=11)
+  add_timer_args(p, max_reps=11)
   a = p.parse_args(argv)
   threads = os.cpu_count()
   if torch is not None:

@@ -71,6 +71,13 @@ class Timer:
     return {k: float(np.median(v) * 1e3) for k, v in times.items()} | {'reps': len(times[k])}
 
 
+def add_timer_args(p: argparse.ArgumentParser, max_reps: int) -> None:
+  """--budget / --min-reps / --max-reps, as `Timer` takes them."""
+  p.add_argument('--budget', type=float, default=1.5, help='seconds per case after min reps')
+  p.add_argument('--min-reps', type=int, default=3)
+  p.add_argument('--max-reps', type=int, default=max_reps)
+
+
 def jax_fns(x, k, impl):
   fwd = jax.jit(lambda x, k: dw.depthwise_conv(x, k, impl))
   grad = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.square(dw.depthwise_conv(x, k, impl))), (0, 1)))
@@ -84,11 +91,16 @@ def torch_fns(xn, kern, channels_last: bool):
   m = torch.nn.Conv2d(c, c, (kh, kw), padding=(kh // 2, kw // 2), groups=c, bias=False)
   with torch.no_grad():
     m.weight.copy_(torch.from_numpy(np.ascontiguousarray(kern.transpose(2, 0, 1)[:, None])))
+  return torch_module_fns(m, xn, channels_last)
+
+
+def torch_module_fns(m, xn, channels_last: bool, grad_x: bool = True):
+  """(forward under no_grad, forward+backward of sum(y**2)) for torch module `m` on NCHW `xn`."""
   x = torch.from_numpy(xn)
   if channels_last:
     m = m.to(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
-  xg = x.clone().requires_grad_(True)
+  xg = x.clone().requires_grad_(grad_x)
 
   def fwd():
     with torch.no_grad():
@@ -109,9 +121,7 @@ def main(argv=None):
   p.add_argument('--impls', default='', help='extra JAX impls to time besides auto, comma-separated')
   p.add_argument('--kinds', default='', help='only these case kinds (Kx5,5xK,5x5,merged,convnext_7x7)')
   p.add_argument('--stages', default='', help='only these stages, e.g. 1,3')
-  p.add_argument('--budget', type=float, default=1.5, help='seconds per case after min reps')
-  p.add_argument('--min-reps', type=int, default=3)
-  p.add_argument('--max-reps', type=int, default=15)
+  add_timer_args(p, max_reps=15)
   p.add_argument('--check', action='store_true', help='also report max rel. error of auto vs torch')
   a = p.parse_args(argv)
   threads = os.cpu_count()
