@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from lkd_jax.models import create, layers, names
+from lkd_jax.models import conv, create, layers, names
 from lkd_jax.models.__main__ import main as list_main
 from lkd_jax.models.macs import _sub_jaxprs, count_macs, count_params, input_size
 
@@ -73,13 +73,15 @@ def test_depthwise_goes_through_one_function(name, monkeypatch):
   monkeypatch.setattr(layers, 'depthwise_conv', lambda x, k, *a, **kw: calls.append(k.shape) or impl(x, k, *a, **kw))
   model = abstract(name)
   graphdef, state = nnx.split(model)
-  previous = layers._depthwise_impl
+  previous = layers._depthwise_impl, conv.get_conv_impl()
   layers.set_depthwise_impl('shift')
+  conv.set_conv_impl('xla')  # keeps stems and downsamplers convolutions (not CPU einsums).
   try:
     jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x, train=False))(
         state, jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
   finally:
-    layers.set_depthwise_impl(previous)
+    layers.set_depthwise_impl(previous[0])
+    conv.set_conv_impl(previous[1])
   assert calls
   groups = conv_groups(jaxpr.jaxpr)
   assert 1 in groups  # stems and downsampling still convolve, but nothing is grouped.
