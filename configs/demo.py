@@ -32,8 +32,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
   c.log_every = 50
   c.checkpoint_every = 200
-  # XLA's conv, not the CPU matmul forms `auto` picks: no faster at these widths (resnet_atto step
-  # 0.46 vs 0.44 s at batch 64), and it keeps the README's demo and methods tables reproducible.
+  # XLA's conv, not the CPU matmul forms `auto` picks: at batch 64, 64 px they make resnet_atto's
+  # train step 15-20% faster but slak_atto's (2,000 of the demo's 2,800 steps) 4-10% slower, and
+  # XLA's keeps the README's demo and methods tables reproducible.
   c.conv_impl = 'xla'
   c.data.update(source='synthetic', seed=0, num_train=a.num_train, num_eval=2048, image_size=64,
                 shift=4)
