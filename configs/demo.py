@@ -32,9 +32,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
   c.log_every = 50
   c.checkpoint_every = 200
-  # XLA's conv, not the CPU matmul forms `auto` picks: at batch 64, 64 px they make resnet_atto's
-  # train step 15-20% faster but slak_atto's (2,000 of the demo's 2,800 steps) 4-10% slower, and
-  # XLA's keeps the README's demo and methods tables reproducible.
+  # XLA's conv, not the CPU matmul forms `auto` picks: they train resnet_atto faster (162-163 ->
+  # 179-196 img/s) but slak_atto, 2,000 of the demo's 2,800 steps, slower (283-285 -> 258-270 img/s;
+  # train/img_per_sec at steps 250/300 of `configs/demo.py:teacher_steps=300,steps=300` with
+  # `--config.conv_impl=xla` / `auto`, 2-core CPU), and XLA's keeps README's demo tables reproducible.
   c.conv_impl = 'xla'
   c.data.update(source='synthetic', seed=0, num_train=a.num_train, num_eval=2048, image_size=64,
                 shift=4)
