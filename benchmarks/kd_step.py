@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from emit import device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import conv  # noqa: E402
 from lkd_jax.models import depthwise as dw  # noqa: E402
+from lkd_jax.models import layers  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
 
 try:
@@ -225,9 +226,12 @@ def main(argv=None):
   p.add_argument('--pairs', default='slak_t:resnet50,convnext_t:resnet50')
   p.add_argument('--torch-layout', default='nchw', choices=['nchw', 'channels_last'])
   p.add_argument('--conv-impl', default='auto', choices=conv.CONV_IMPLS, help='dense convs')
+  p.add_argument('--layer-norm-impl', default='auto', choices=layers.LAYER_NORM_IMPLS,
+                 help='LayerNorm statistics')
   p.add_argument('--peak-tflops', type=float, default=None, help='dense peak for MFU (accelerators)')
   a = p.parse_args(argv)
   conv.set_conv_impl(a.conv_impl)
+  layers.set_layer_norm_impl(a.layer_norm_impl)
   threads = os.cpu_count()
   if torch is not None:
     torch.set_num_threads(threads)
@@ -293,7 +297,7 @@ def main(argv=None):
   out = dict(benchmark='kd_step', **device_fields(),
              jax=jax.__version__, torch=None if torch is None else torch.__version__,
              torch_note=TORCH_NOTE, torch_layout=a.torch_layout, depthwise_impl=dw.get_depthwise_impl(),
-             conv_impl=conv.get_conv_impl(),
+             conv_impl=conv.get_conv_impl(), layer_norm_impl=layers.get_layer_norm_impl(),
              jax_step_note='equivalent fused step built in this script (teacher eval fwd under '
              'stop_gradient + student train fwd/bwd + KD loss + AdamW, one jax.jit, student donated)',
              loss='0.9*CE + 0.1*KL(T=3)*T^2', units='seconds per step (median)', notes=notes,

@@ -149,6 +149,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   method = _validate(config)
   layers.set_depthwise_impl(config.depthwise_impl)
   conv.set_conv_impl(config.conv_impl)
+  layers.set_layer_norm_impl(config.layer_norm_impl)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   data = data_lib.build(config)  # A missing dataset fails here, before anything is written.

@@ -1,8 +1,9 @@
 """Dense multiply-accumulate count of a forward pass, read from the jaxpr (convolutions and matmuls).
 
 XLA cost analysis is not used: the runtime depthwise implementation may be shifted sums, FFTs or a
-kernel cropped to the taps that reach the map. For counting, `layers.depthwise_conv` is swapped for a
-plain grouped convolution with the whole kernel, so the count is the dense architecture's.
+kernel cropped to the taps that reach the map, and LayerNorm statistics may be mat-vec products. For
+counting, `layers.depthwise_conv` is swapped for a plain grouped convolution with the whole kernel
+and LayerNorm takes nnx's reductions, so the count is the dense architecture's.
 """
 from __future__ import annotations
 
@@ -56,12 +57,14 @@ def count_macs(model: nnx.Module, size: int | None = None, batch: int = 1) -> in
   size = size or input_size(model)
   graphdef, state = nnx.split(model)
   x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
-  runtime_impl = layers.depthwise_conv
+  runtime_impl, runtime_ln = layers.depthwise_conv, layers.get_layer_norm_impl()
   layers.depthwise_conv = _dense_depthwise  # count the full kernels, whatever runs in practice.
+  layers.set_layer_norm_impl('reduce')  # LayerNorm statistics are not matmuls, whatever computes them.
   try:
     jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x, train=False)[0])(state, x)
   finally:
     layers.depthwise_conv = runtime_impl
+    layers.set_layer_norm_impl(runtime_ln)
   return jaxpr_macs(jaxpr.jaxpr)
 
 
