@@ -4,10 +4,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from lkd_jax.models import layers
+from lkd_jax.models import layers, pool
 from lkd_jax.models.registry import register
 
 # torchvision init: kaiming_normal(fan_out, relu) for every conv.
@@ -94,8 +93,7 @@ class ResNet(nnx.Module):
 
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     x = jax.nn.relu(self.bn1(self.conv1(x), train))
-    x = nnx.max_pool(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf),
-                     (3, 3), strides=(2, 2))
+    x = pool.max_pool(x, 3, 2, 1)
     feats = {}
     for i in range(4):
       for blk in getattr(self, f'layer{i + 1}'):
