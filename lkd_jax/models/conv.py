@@ -43,19 +43,50 @@ def get_conv_impl() -> str:
   return _conv_impl
 
 
+def _weight_grad(x2: jax.Array, g2: jax.Array, precision) -> jax.Array:
+  """x2^T @ g2 over pixel rows, with the transpose of `x2` explicit.
+
+  Left to itself, XLA:CPU contracts the two (pixels, channels) operands by writing the output
+  gradient transposed from inside its producer's fused loop (e.g. BatchNorm's backward), which is
+  slow; transposing the input as a plain copy made a 1x1 conv + BN + ReLU step 1.4-2.2x faster.
+  """
+  return jnp.dot(x2.T, g2, precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul(x2: jax.Array, w2: jax.Array, precision) -> jax.Array:
+  """(pixels, Cin) @ (Cin, Cout), whose kernel gradient is `_weight_grad`."""
+  return jnp.dot(x2, w2, precision=precision)
+
+
+def _matmul_fwd(x2, w2, precision):
+  return _matmul(x2, w2, precision), (x2, w2)
+
+
+def _matmul_bwd(precision, res, g):
+  x2, w2 = res
+  return jnp.dot(g, w2.T, precision=precision), _weight_grad(x2, g, precision).astype(w2.dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 def _pointwise(x: jax.Array, w: jax.Array, strides: tuple[int, int], precision) -> jax.Array:
   """1x1 conv, no padding: strided pixel subsample @ (Cin, Cout)."""
   sh, sw = strides
-  return jnp.einsum('nhwi,io->nhwo', x[:, ::sh, ::sw], w[0, 0], precision=precision)
+  x = x[:, ::sh, ::sw]
+  y = _matmul(x.reshape(-1, x.shape[-1]), w[0, 0], precision)
+  return y.reshape(x.shape[:-1] + (w.shape[-1],))
 
 
 def _patchify(x: jax.Array, w: jax.Array, precision) -> jax.Array:
   """kxk conv with stride k, no padding: space-to-depth reshape @ (k*k*Cin, Cout)."""
-  kh, kw, ci, _ = w.shape
+  kh, kw, ci, co = w.shape
   n, h, wd, _ = x.shape
   ho, wo = h // kh, wd // kw  # VALID: a remainder row/column is never read.
-  x = x[:, :ho * kh, :wo * kw].reshape(n, ho, kh, wo, kw, ci)
-  return jnp.einsum('nhpwqi,pqio->nhwo', x, w, precision=precision)
+  x = x[:, :ho * kh, :wo * kw].reshape(n, ho, kh, wo, kw, ci).transpose(0, 1, 3, 2, 4, 5)
+  y = _matmul(x.reshape(n * ho * wo, kh * kw * ci), w.reshape(kh * kw * ci, co), precision)
+  return y.reshape(n, ho, wo, co)
 
 
 def _xla_conv(x, w, strides, pads, precision):
@@ -71,7 +102,7 @@ def _kernel_grad_rows(x, g, kshape, strides, pads, precision):
   for a in range(kh):
     cols = jnp.concatenate([xp[:, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw]
                             for b in range(kw)], axis=-1)  # (n, ho, wo, kw * ci)
-    rows.append(jnp.einsum('nhwp,nhwo->po', cols, g, precision=precision).reshape(kw, ci, co))
+    rows.append(_weight_grad(cols.reshape(-1, kw * ci), g.reshape(-1, co), precision).reshape(kw, ci, co))
   return jnp.stack(rows)
 
 
