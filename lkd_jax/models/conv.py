@@ -26,21 +26,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lkd_jax.models.switch import ImplSwitch
+
 CONV_IMPLS = ('auto', 'xla', 'matmul')
-_conv_impl = 'auto'
+_SWITCH = ImplSwitch('conv', CONV_IMPLS)
+set_conv_impl, get_conv_impl = _SWITCH.set, _SWITCH.get
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
-
-
-def set_conv_impl(impl: str) -> None:
-  """Selects the dense-conv implementation used by every conv traced afterwards."""
-  global _conv_impl
-  if impl not in CONV_IMPLS:
-    raise ValueError(f'Unknown conv impl {impl!r}; choose one of {CONV_IMPLS}.')
-  _conv_impl = impl
-
-
-def get_conv_impl() -> str:
-  return _conv_impl
 
 
 def _weight_grad(x2: jax.Array, g2: jax.Array, precision) -> jax.Array:
@@ -143,7 +134,7 @@ def _is_nhwc(dimension_numbers: Any, lhs_ndim: int) -> bool:
 def conv_form(x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[int],
               padding: Any, backend: str | None = None, impl: str | None = None) -> str:
   """Which form a conv of these shapes takes: 'pointwise', 'patchify', 'im2col_grad' or 'xla'."""
-  impl = impl or _conv_impl
+  impl = impl or _SWITCH.value
   if impl == 'auto':
     impl = 'matmul' if (backend or jax.default_backend()) == 'cpu' else 'xla'
   if impl == 'xla':

@@ -26,20 +26,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from lkd_jax.models.switch import ImplSwitch
+
 DEPTHWISE_IMPLS = ('auto', 'xla', 'shift', 'fft', 'toeplitz', 'hybrid')
-_depthwise_impl = 'auto'
-
-
-def set_depthwise_impl(impl: str) -> None:
-  """Selects the depthwise implementation used by every model built or called afterwards."""
-  global _depthwise_impl
-  if impl not in DEPTHWISE_IMPLS:
-    raise ValueError(f'Unknown depthwise impl {impl!r}; choose one of {DEPTHWISE_IMPLS}.')
-  _depthwise_impl = impl
-
-
-def get_depthwise_impl() -> str:
-  return _depthwise_impl
+_SWITCH = ImplSwitch('depthwise', DEPTHWISE_IMPLS)
+set_depthwise_impl, get_depthwise_impl = _SWITCH.set, _SWITCH.get
 
 
 def _crop_range(k: int, n: int) -> tuple[int, int]:
@@ -202,7 +193,7 @@ def pick_auto(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...],
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: str | None = None) -> jax.Array:
   """Depthwise cross-correlation of NHWC `x` with a (kh, kw, C) kernel, zero 'same' padding per axis."""
-  impl = impl or _depthwise_impl
+  impl = impl or _SWITCH.value
   if impl == 'auto':
     impl = pick_auto(x.shape, kernel.shape)
   if impl not in _IMPLS:

@@ -12,6 +12,7 @@ from flax import nnx
 
 from lkd_jax.models import conv as _conv
 from lkd_jax.models import depthwise as _dw
+from lkd_jax.models.switch import ImplSwitch
 
 TORCH_BN_EPS = 1e-5
 TORCH_BN_MOMENTUM = 0.9  # flax convention: running = m * running + (1 - m) * batch; torch momentum 0.1.
@@ -19,14 +20,7 @@ TORCH_BN_MOMENTUM = 0.9  # flax convention: running = m * running + (1 - m) * ba
 # The depthwise implementations live in depthwise.py; these names are the public entry points.
 DEPTHWISE_IMPLS = _dw.DEPTHWISE_IMPLS
 depthwise_conv = _dw.depthwise_conv
-_depthwise_impl = 'auto'  # mirrors depthwise.get_depthwise_impl() for callers that save/restore it.
-
-
-def set_depthwise_impl(impl: str) -> None:
-  """Selects the depthwise implementation used by every model built or called afterwards."""
-  global _depthwise_impl
-  _dw.set_depthwise_impl(impl)
-  _depthwise_impl = impl
+set_depthwise_impl, get_depthwise_impl = _dw.set_depthwise_impl, _dw.get_depthwise_impl
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -93,19 +87,8 @@ class DropPath(nnx.Module):
 
 
 LAYER_NORM_IMPLS = ('auto', 'reduce', 'dot')
-_layer_norm_impl = 'auto'
-
-
-def set_layer_norm_impl(impl: str) -> None:
-  """Selects how every LayerNorm traced afterwards computes its statistics."""
-  global _layer_norm_impl
-  if impl not in LAYER_NORM_IMPLS:
-    raise ValueError(f'Unknown layer_norm impl {impl!r}; choose one of {LAYER_NORM_IMPLS}.')
-  _layer_norm_impl = impl
-
-
-def get_layer_norm_impl() -> str:
-  return _layer_norm_impl
+_LN_SWITCH = ImplSwitch('layer_norm', LAYER_NORM_IMPLS)
+set_layer_norm_impl, get_layer_norm_impl = _LN_SWITCH.set, _LN_SWITCH.get
 
 
 def _dot_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -126,7 +109,7 @@ class LayerNorm(nnx.LayerNorm):
   """
 
   def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
-    impl = _layer_norm_impl
+    impl = _LN_SWITCH.value
     if impl == 'auto':
       impl = 'dot' if jax.default_backend() == 'cpu' else 'reduce'
     if impl == 'reduce' or mask is not None or self.reduction_axes not in (-1, (-1,)):

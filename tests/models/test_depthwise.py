@@ -68,7 +68,7 @@ def test_auto_rules_and_setter():
   x, k = _data((1, 6, 5, 2), (3, 3))
   try:
     layers.set_depthwise_impl('fft')
-    assert dw.get_depthwise_impl() == 'fft' == layers._depthwise_impl
+    assert dw.get_depthwise_impl() == 'fft' == layers.get_depthwise_impl()
     assert _rel(layers.depthwise_conv(x, k), _ref(x, k)) <= 1e-4
   finally:
     layers.set_depthwise_impl('auto')

@@ -73,7 +73,7 @@ def test_depthwise_goes_through_one_function(name, monkeypatch):
   monkeypatch.setattr(layers, 'depthwise_conv', lambda x, k, *a, **kw: calls.append(k.shape) or impl(x, k, *a, **kw))
   model = abstract(name)
   graphdef, state = nnx.split(model)
-  previous = layers._depthwise_impl, conv.get_conv_impl()
+  previous = layers.get_depthwise_impl(), conv.get_conv_impl()
   layers.set_depthwise_impl('shift')
   conv.set_conv_impl('xla')  # keeps stems and downsamplers convolutions (not CPU einsums).
   try:
