@@ -7,8 +7,9 @@ Every dense conv in the zoo is built by `layers.conv`, which hands `conv_general
   as a convolution several times slower than the matmul it is, which made the ResNet-50 train step
   2.2-2.3x slower than PyTorch's on CPU (benchmarks/kd_step.py --conv-impl xla).
 - `matmul`: 1x1 convs (any stride) and patchify convs (kernel == stride, no padding: the
-  ConvNeXt/SLaK/Swin stems and downsamplers) become one `einsum` over (strided or space-to-depth
-  reshaped) pixels, so forward, input gradient and kernel gradient are all plain matmuls. Other
+  ConvNeXt/SLaK/Swin stems and downsamplers) become one 2-D matmul over (strided or space-to-depth
+  reshaped) pixels, so forward, input gradient and kernel gradient are all plain matmuls (the
+  kernel gradient transposes its input explicitly: `_weight_grad`). Other
   kernels keep XLA's convolution forward and input gradient, and take the kernel gradient as kh
   matmuls, one per kernel row over its kw shifted slices stacked on channels (im2col by rows; custom
   VJP). Measured fwd+bwd speed-ups over `xla` (benchmarks/dense_conv.py, 2-core CPU, batch 8):
@@ -93,7 +94,8 @@ def _kernel_grad_rows(x, g, kshape, strides, pads, precision):
   for a in range(kh):
     cols = jnp.concatenate([xp[:, a:a + sh * (ho - 1) + 1:sh, b:b + sw * (wo - 1) + 1:sw]
                             for b in range(kw)], axis=-1)  # (n, ho, wo, kw * ci)
-    rows.append(_weight_grad(cols.reshape(-1, kw * ci), g.reshape(-1, co), precision).reshape(kw, ci, co))
+    grad = _weight_grad(cols.reshape(-1, kw * ci), g.reshape(-1, co), precision)
+    rows.append(grad.reshape(kw, ci, co))
   return jnp.stack(rows)
 
 
