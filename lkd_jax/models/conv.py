@@ -13,7 +13,7 @@ Every dense conv in the zoo is built by `layers.conv`, which hands `conv_general
   kernels keep XLA's convolution forward and input gradient, and take the kernel gradient as kh
   matmuls, one per kernel row over its kw shifted slices stacked on channels (im2col by rows; custom
   VJP). Measured fwd+bwd speed-ups over `xla` (benchmarks/dense_conv.py, 2-core CPU, batch 8):
-  1x1 2.0-4.9x, patchify 1.8-2.7x, ResNet-50's 7x7/2 stem 2.4x, its 3x3 convs 0.8-1.2x.
+  1x1 2.4-5.8x, patchify 2.7-2.9x, ResNet-50's 7x7/2 stem 2.4x, its 3x3 convs 1.0-1.2x.
 - `auto`: `matmul` on CPU, `xla` on GPU/TPU (whose convolution libraries are matmul-based already).
 
 All forms give the convolution's output and gradients up to float rounding (tests/models/test_conv.py).
