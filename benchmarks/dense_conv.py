@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from depthwise import TORCH_NOTE, Timer, add_timer_args, torch, torch_module_fns  # noqa: E402  (benchmarks/depthwise.py)
-from emit import device_fields, emit  # noqa: E402
+from emit import add_output_args, device_fields, emit  # noqa: E402
 from lkd_jax.models import conv  # noqa: E402
 
 # (name, input hw, cin, cout, k, stride, pad): every distinct conv shape of ResNet-50 (torchvision
@@ -57,8 +57,7 @@ def torch_fns(xn, wn, stride, pad, channels_last: bool, grad_x: bool):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--json', action='store_true', help='print the result JSON to stdout')
-  p.add_argument('--out', default=None, help='also write the JSON here')
+  add_output_args(p)
   p.add_argument('--batch', type=int, default=8)
   p.add_argument('--only', default='', help='only these case names, comma-separated')
   add_timer_args(p, max_reps=11)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from emit import device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
+from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import depthwise as dw  # noqa: E402
 
 try:
@@ -115,8 +115,7 @@ def torch_module_fns(m, xn, channels_last: bool, grad_x: bool = True):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--json', action='store_true', help='print the result JSON to stdout')
-  p.add_argument('--out', default=None, help='also write the JSON here')
+  add_output_args(p)
   p.add_argument('--batches', default='1,8')
   p.add_argument('--impls', default='', help='extra JAX impls to time besides auto, comma-separated')
   p.add_argument('--kinds', default='', help='only these case kinds (Kx5,5xK,5x5,merged,convnext_7x7)')

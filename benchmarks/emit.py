@@ -1,6 +1,7 @@
 """Shared output of the benchmark scripts: the result JSON to a file and/or stdout."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -16,6 +17,12 @@ def emit(result: dict[str, Any], out: str | None, to_stdout: bool) -> None:
       f.write(text + '\n')
   if to_stdout:
     print(text)
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+  """--json (print the result) and --out (write it), as `emit` takes them."""
+  p.add_argument('--json', action='store_true', help='print the result JSON to stdout')
+  p.add_argument('--out', default=None, help='also write the JSON here')
 
 
 def cpu_model() -> str:

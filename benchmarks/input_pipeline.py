@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from emit import cpu_model, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
+from emit import add_output_args, cpu_model, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from configs import common  # noqa: E402
 from lkd_jax.data import tfds_pipeline as tp  # noqa: E402
 
@@ -96,8 +96,7 @@ def throughput(ds: tf.data.Dataset, batch: int, warmup: int, seconds: float) -> 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--json', action='store_true', help='print the result JSON to stdout')
-  p.add_argument('--out', default=None, help='also write the JSON here')
+  add_output_args(p)
   p.add_argument('--sources', default='real,synthetic', help='real and/or synthetic')
   p.add_argument('--synthetic', type=int, default=100, help='number of synthetic images')
   p.add_argument('--batch', type=int, default=128, help='host batch')

@@ -29,7 +29,7 @@ import optax
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from emit import device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
+from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import conv  # noqa: E402
 from lkd_jax.models import depthwise as dw  # noqa: E402
 from lkd_jax.models import layers  # noqa: E402
@@ -218,8 +218,7 @@ def timeit(fns: dict, reps: int) -> dict:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--json', action='store_true')
-  p.add_argument('--out', default=None)
+  add_output_args(p)
   p.add_argument('--batch', type=int, default=8)
   p.add_argument('--size', type=int, default=224)
   p.add_argument('--reps', type=int, default=3)

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from emit import device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
+from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import layers, registry  # noqa: E402
 
 
@@ -60,8 +60,7 @@ def time_interleaved(fns: dict, reps: int) -> dict[str, list[float]]:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--json', action='store_true', help='print the result JSON to stdout')
-  p.add_argument('--out', default=None, help='also write the JSON here')
+  add_output_args(p)
   p.add_argument('--batch', type=int, default=8)
   p.add_argument('--models', default='convnext_t,slak_t')
   p.add_argument('--impls', default='reduce,dot', help='LayerNorm impls; the first is the baseline')
