@@ -4,8 +4,8 @@
 
 Each case times forward and forward+backward (loss sum(y**2); gradients wrt input and kernel, or
 kernel only for the stems, whose input is the image) of `lkd_jax.models.conv` with impl `xla`
-(lax.conv_general_dilated) and `matmul` (the form `auto` takes on CPU: pointwise / patchify einsum,
-or XLA conv with the im2col-by-rows kernel gradient), and of torch `nn.Conv2d` in NCHW and
+(lax.conv_general_dilated) and `matmul` (the form `auto` takes on CPU: pointwise / patchify 2-D
+matmul, or XLA conv with the im2col-by-rows kernel gradient), and of torch `nn.Conv2d` in NCHW and
 channels_last. Calls alternate inside each repetition; times are medians in ms (224 px input).
 `ratio` = JAX matmul fwd+bwd / torch NCHW fwd+bwd; `speedup` = JAX xla / JAX matmul fwd+bwd.
 """
