@@ -41,7 +41,7 @@ def _weight_grad(x2: jax.Array, g2: jax.Array, precision) -> jax.Array:
   Left to itself, XLA:CPU contracts the two (pixels, channels) operands by writing the output
   gradient transposed from inside its producer's fused loop (e.g. BatchNorm's backward), which is
   slow; with the input transposed as a plain copy, benchmarks/dense_conv.py's 1x1 convs went from
-  1.8-4.9x to 2.4-5.8x faster than XLA's conv (fwd+bwd, batch 8, README).
+  2.0-4.9x to 2.4-5.8x faster than XLA's conv (fwd+bwd, batch 8, README).
   """
   return jnp.dot(x2.T, g2, precision=precision)
 
