@@ -1,11 +1,12 @@
 """Max pooling (NHWC, -inf padding, torch's nn.MaxPool2d) with a scatter-free backward.
 
 XLA differentiates `reduce_window(max)` into `select_and_scatter`, which XLA:CPU runs slowly: ResNet's
-3x3/2 stem pool took 125 ms fwd+bwd at batch 8 (112x112x64) against PyTorch's 47 ms. Here the
-forward is the max of the k*k strided window slices, and it keeps which slice won (the first one, as
-torch and select_and_scatter break ties) as int8; the backward routes the gradient through k*k
-strided pads of the masked output gradient, one fused loop: 20 ms. The pads are summed in the
-order select_and_scatter adds windows, so the gradient is bit-identical to XLA's (tests/models/test_pool.py).
+3x3/2 stem pool took 141 ms fwd+bwd at batch 8 (112x112x64) against PyTorch's 45 ms
+(benchmarks/max_pool.py). Here the forward is the max of the k*k strided window slices, and it keeps
+which slice won (the first one, as torch and select_and_scatter break ties) as int8; the backward
+routes the gradient through k*k strided pads of the masked output gradient: 23 ms. The pads are
+summed in the order select_and_scatter adds windows, so the gradient is bit-identical to XLA's
+(tests/models/test_pool.py).
 """
 from __future__ import annotations
 
