@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from depthwise import TORCH_NOTE, Timer, add_timer_args, torch, torch_module_fns  # noqa: E402  (benchmarks/depthwise.py)
+from depthwise import TORCH_NOTE, Timer, add_timer_args, torch, torch_module_fns, use_all_cores  # noqa: E402  (benchmarks/depthwise.py)
 from emit import add_output_args, device_fields, emit  # noqa: E402
 from lkd_jax.models import conv  # noqa: E402
 
@@ -62,9 +62,7 @@ def main(argv=None):
   p.add_argument('--only', default='', help='only these case names, comma-separated')
   add_timer_args(p, max_reps=11)
   a = p.parse_args(argv)
-  threads = os.cpu_count()
-  if torch is not None:
-    torch.set_num_threads(threads)
+  use_all_cores()
   rng = np.random.default_rng(0)
   rows = []
   for name, hw, ci, co, k, s, pad in CASES:

@@ -71,6 +71,14 @@ class Timer:
     return {k: float(np.median(v) * 1e3) for k, v in times.items()} | {'reps': len(times[k])}
 
 
+def use_all_cores() -> int | None:
+  """Lets torch use every core, as XLA:CPU does; returns its thread count (None without torch)."""
+  if torch is None:
+    return None
+  torch.set_num_threads(os.cpu_count())
+  return torch.get_num_threads()
+
+
 def add_timer_args(p: argparse.ArgumentParser, max_reps: int) -> None:
   """--budget / --min-reps / --max-reps, as `Timer` takes them."""
   p.add_argument('--budget', type=float, default=1.5, help='seconds per case after min reps')
@@ -123,9 +131,7 @@ def main(argv=None):
   add_timer_args(p, max_reps=15)
   p.add_argument('--check', action='store_true', help='also report max rel. error of auto vs torch')
   a = p.parse_args(argv)
-  threads = os.cpu_count()
-  if torch is not None:
-    torch.set_num_threads(threads)
+  threads = use_all_cores()
   rng = np.random.default_rng(0)
   rows = []
   extra = [i for i in a.impls.split(',') if i]
@@ -175,7 +181,7 @@ def main(argv=None):
   out = dict(
       benchmark='depthwise', **device_fields(),
       jax=jax.__version__, torch=None if torch is None else torch.__version__, torch_note=TORCH_NOTE,
-      torch_threads=threads if torch is not None else None,
+      torch_threads=threads,
       units='ms (median)', ratio_definition='JAX auto fwd+bwd / torch NCHW fwd+bwd',
       cases=rows)
   emit(out, a.out, a.json)

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from depthwise import TORCH_NOTE, Timer, add_timer_args, torch, torch_module_fns  # noqa: E402  (benchmarks/depthwise.py)
+from depthwise import TORCH_NOTE, Timer, add_timer_args, torch, torch_module_fns, use_all_cores  # noqa: E402  (benchmarks/depthwise.py)
 from emit import add_output_args, device_fields, emit  # noqa: E402
 from lkd_jax.models import pool  # noqa: E402
 
@@ -41,8 +41,7 @@ def main(argv=None):
   p.add_argument('--batches', default='1,8')
   add_timer_args(p, max_reps=15)
   a = p.parse_args(argv)
-  if torch is not None:
-    torch.set_num_threads(os.cpu_count())
+  use_all_cores()
   rows = []
   for b in [int(v) for v in a.batches.split(',')]:
     xn = np.random.default_rng(0).standard_normal((b, 112, 112, 64), dtype=np.float32)
