@@ -2,18 +2,22 @@
 
 All functions compute the depthwise cross-correlation of an NHWC `x` with a (kh, kw, C) kernel,
 stride 1, zero padding (kh//2, kw//2) per axis (the references' padding), and give the same output
-and the same gradients (autodiff of each form) up to float rounding:
+and the same gradients up to float rounding:
 
 - `xla`: `lax.conv_general_dilated(feature_group_count=C)`. Fast on GPU/TPU forward, but 50-120x
   slower than PyTorch on XLA:CPU for large kernels.
-- `shift`: sum of kh*kw shifted, channel-scaled slices (unrolled). Best on CPU for small kernels.
+- `shift`: sum of kh*kw shifted, channel-scaled slices (unrolled), with a custom VJP of the same
+  form whose kernel gradient loops over cache-sized row blocks. Best on CPU for small kernels.
 - `fft`: rfft2 product over a grid of H+kh-1 x W+kw-1 (rounded up to a fast size). Best on CPU for
-  51x5 / 5x51 on 56x56 maps and for large square (merged 51x51) kernels, forward and backward.
+  Kx5 / 5xK forward+backward on 56x56 maps and for large square (merged 51x51) kernels.
+- `fft1d`: for a rectangular kernel, an rfft along the long axis only, the short-axis taps as
+  shifted products of the spectra. Best on CPU for the Kx5 / 5xK forward on 14x14-56x56 maps.
 - `toeplitz`: for a rectangular kernel, the long axis becomes a per-channel banded (H x H) matrix
-  applied as a batched matmul, summed over the short-axis taps. Best on CPU for Kx5 / 5xK on maps
-  of 28x28 and smaller (SLaK stages 2-4); the matmul form for tensor cores / the MXU.
-- `hybrid`: `shift` forward, FFT input and kernel gradients (custom VJP). Best on CPU for
-  small kernels (5x5, 7x7) when gradients are taken.
+  applied as a batched matmul, summed over the short-axis taps. Best on CPU for Kx5 / 5xK
+  forward+backward on maps of 28x28 and smaller; the matmul form for tensor cores / the MXU.
+
+`auto` may pair two forms, 'inference/training': a frozen teacher's forward takes the first, a
+differentiated call takes the second's forward and backward (`_split`).
 
 Every implementation first crops taps that can only ever see padding: along an axis of length H,
 a kernel offset d = i - k//2 with |d| > H-1 never overlaps the map (same output, fewer MACs; e.g.
@@ -21,6 +25,7 @@ SLaK-T stage 3: 47 -> 27 on a 14x14 map).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -28,7 +33,7 @@ import jax.numpy as jnp
 
 from lkd_jax.models.switch import ImplSwitch
 
-DEPTHWISE_IMPLS = ('auto', 'xla', 'shift', 'fft', 'toeplitz', 'hybrid')
+DEPTHWISE_IMPLS = ('auto', 'xla', 'shift', 'fft', 'fft1d', 'toeplitz')
 _SWITCH = ImplSwitch('depthwise', DEPTHWISE_IMPLS)
 set_depthwise_impl, get_depthwise_impl = _SWITCH.set, _SWITCH.get
 
@@ -63,7 +68,7 @@ def _xla(x, kernel, pad_h, pad_w):
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
 
 
-def _shift(x, kernel, pad_h, pad_w):
+def _shift_sum(x, kernel, pad_h, pad_w):
   kh, kw, _ = kernel.shape
   _, h, w, _ = x.shape
   xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
@@ -73,6 +78,55 @@ def _shift(x, kernel, pad_h, pad_w):
       t = xp[:, i:i + h, j:j + w, :] * kernel[i, j]
       out = t if out is None else out + t
   return out
+
+
+def _row_block(h: int) -> int:
+  """Rows per kernel-gradient block: the whole map up to 8 rows, else the largest divisor <= 4."""
+  return h if h <= 8 else max(r for r in range(1, 5) if h % r == 0)
+
+
+def _shift_kernel_grad(x, g, kernel_shape, pad_h, pad_w):
+  """dL/dkernel of the shift form: all kh*kw tap products of a block of rows, looped over blocks.
+
+  Over whole maps XLA:CPU reads each tap's product back from memory (kh*kw passes over x and g);
+  a block of r rows stays in cache for all taps.
+  """
+  kh, kw, c = kernel_shape
+  b, h, w, _ = x.shape
+  xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+  r = _row_block(h)
+  blocks = h // r
+
+  def body(t, acc):
+    n, row = t // blocks, (t % blocks) * r
+    xb = jax.lax.dynamic_slice(xp, (n, row, 0, 0), (1, r + kh - 1, w + kw - 1, c))[0]
+    gb = jax.lax.dynamic_slice(g, (n, row, 0, 0), (1, r, w, c))[0]
+    taps = [jnp.sum(xb[i:i + r, j:j + w] * gb, axis=(0, 1), dtype=jnp.float32)
+            for i in range(kh) for j in range(kw)]
+    return acc + jnp.stack(taps).reshape(kernel_shape)
+
+  return jax.lax.fori_loop(0, b * blocks, body, jnp.zeros(kernel_shape, jnp.float32))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _shift(x, kernel, pad_h, pad_w):
+  """Sum of kh*kw shifted, channel-scaled slices; backward by the same form (custom VJP)."""
+  return _shift_sum(x, kernel, pad_h, pad_w)
+
+
+def _shift_fwd(x, kernel, pad_h, pad_w):
+  return _shift_sum(x, kernel, pad_h, pad_w), (x, kernel)
+
+
+def _shift_bwd(pad_h, pad_w, res, g):
+  x, kernel = res
+  # The input gradient is the correlation of g with the flipped kernel, pads swapped.
+  gx = _shift_sum(g, kernel[::-1, ::-1], pad_h[::-1], pad_w[::-1])
+  gk = _shift_kernel_grad(x, g, kernel.shape, pad_h, pad_w)
+  return gx, gk.astype(kernel.dtype)
+
+
+_shift.defvjp(_shift_fwd, _shift_bwd)
 
 
 _FAST_FFT = sorted({2**a * 3**b * 5**c for a in range(12) for b in range(7) for c in range(5)
@@ -94,6 +148,22 @@ def _fft(x, kernel, pad_h, pad_w):
   full = jnp.fft.irfft2(xf * kf, s=(fh, fw), axes=(1, 2))
   oh, ow = kh - 1 - pad_h[0], kw - 1 - pad_w[0]
   return full[:, oh:oh + h, ow:ow + w, :].astype(x.dtype)
+
+
+def _fft1d(x, kernel, pad_h, pad_w):
+  """Rectangular kernel: rfft along the long axis only; the short axis's taps become shifted
+  products of the spectra (a shift along W commutes with an FFT along H)."""
+  kh, kw, _ = kernel.shape
+  if kh < kw:
+    y = _fft1d(jnp.swapaxes(x, 1, 2), jnp.swapaxes(kernel, 0, 1), pad_w, pad_h)
+    return jnp.swapaxes(y, 1, 2)
+  _, h, w, _ = x.shape
+  n = _fft_size(h + kh - 1)
+  kf = jnp.fft.rfft(kernel[::-1], n=n, axis=0)  # flipped along H: correlation as convolution.
+  xf = jnp.fft.rfft(jnp.pad(x, ((0, 0), (0, 0), pad_w, (0, 0))), n=n, axis=1)
+  yf = sum(xf[:, :, j:j + w] * kf[:, j, None] for j in range(kw))
+  oh = kh - 1 - pad_h[0]
+  return jnp.fft.irfft(yf, n=n, axis=1)[:, oh:oh + h].astype(x.dtype)
 
 
 def toeplitz_matrix(taps: jax.Array, pad_before: int, n: int) -> jax.Array:
@@ -134,74 +204,78 @@ def _toeplitz(x, kernel, pad_h, pad_w):
   return (_toeplitz_h if kh >= kw else _toeplitz_w)(x, kernel, pad_h, pad_w)
 
 
-def _half_pads(kernel):
-  """k // 2 zeros on both sides of each axis (torch's padding=k//2)."""
-  kh, kw, _ = kernel.shape
-  return (kh // 2, kh // 2), (kw // 2, kw // 2)
+_IMPLS: dict[str, Callable] = {'xla': _xla, 'shift': _shift, 'fft': _fft, 'fft1d': _fft1d,
+                               'toeplitz': _toeplitz}
 
 
-@jax.custom_vjp
-def _hybrid_core(x, kernel):
-  return _shift(x, kernel, *_half_pads(kernel))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _split(x, kernel, pad_h, pad_w, infer, train):
+  """Form `infer` when no gradient flows through (a frozen teacher); form `train`, forward and
+  backward, when one does (its forward may keep what its backward reuses, e.g. the input's FFT)."""
+  return _IMPLS[infer](x, kernel, pad_h, pad_w)
 
 
-def _hybrid_fwd(x, kernel):
-  return _hybrid_core(x, kernel), (x, kernel)
+def _split_fwd(x, kernel, pad_h, pad_w, infer, train):
+  return jax.vjp(lambda x, k: _IMPLS[train](x, k, pad_h, pad_w), x, kernel)
 
 
-def _hybrid_bwd(res, g):
-  x, kernel = res
-  # The FFT form's own VJP: linear in each input, so XLA drops its unused forward inverse FFT.
-  _, vjp = jax.vjp(lambda x, k: _fft(x, k, *_half_pads(kernel)), x, kernel)
+def _split_bwd(pad_h, pad_w, infer, train, vjp, g):
   return vjp(g)
 
 
-_hybrid_core.defvjp(_hybrid_fwd, _hybrid_bwd)
-
-
-def _hybrid(x, kernel, pad_h, pad_w):
-  """Shift-and-add forward, FFT backward (custom VJP; odd, cropped kernels only).
-
-  XLA:CPU runs the shift form's kernel gradient (kh*kw full-map reductions) ~5x slower than one FFT
-  cross-correlation, while its forward is the fastest for small kernels.
-  """
-  del pad_h, pad_w  # symmetric for odd cropped kernels.
-  return _hybrid_core(x, kernel)
-
-
-_IMPLS: dict[str, Callable] = {'xla': _xla, 'shift': _shift, 'fft': _fft, 'toeplitz': _toeplitz,
-                               'hybrid': _hybrid}
+_split.defvjp(_split_fwd, _split_bwd)
 
 
 def pick_auto(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...],
               backend: str | None = None) -> str:
-  """The implementation `auto` uses for this shape on this backend (rules from benchmarks/depthwise.py)."""
+  """The implementation `auto` uses for this shape on this backend (rules from benchmarks/depthwise.py).
+
+  Either one form, or an 'inference/training' pair: the fastest forward when no gradient flows
+  (a frozen teacher) and the fastest forward+backward when one does.
+  """
   backend = backend or jax.default_backend()
   if backend != 'cpu':
     return 'xla'
   _, h, w, _ = x_shape
   kh, kw, _ = kernel_shape
   kh, kw = min(kh, 2 * h - 1), min(kw, 2 * w - 1)
-  # Measured on a 2-core Xeon (benchmarks/results/depthwise_cpu*.json), SLaK-T stage shapes:
-  if kh * kw <= 49:  # 5x5, 7x7: shift-and-add forward is 0.3-1.6 ms; its autodiff backward is slow
-    return 'hybrid' if h * w >= 28 * 28 else 'shift'  # on big maps, so take the FFT backward there.
-  long_len = h if kh >= kw else w
-  if min(kh, kw) <= 7 and long_len <= 28:  # Kx5 / 5xK on 28x28 and smaller maps: banded matmul.
-    return 'toeplitz'
-  return 'fft'  # Kx5 / 5xK on 56x56, and every large square (merged) kernel.
+  # Measured on a 2-core AMD EPYC (benchmarks/results/depthwise_cpu.json), SLaK-T stage shapes:
+  if kh * kw <= 49:  # 5x5, 7x7: shift-and-add both ways (cache-blocked kernel gradient).
+    return 'shift'
+  if min(kh, kw) > 7:  # large square (merged) kernels.
+    return 'fft'
+  # Kx5 / 5xK. Forward: shift-and-add up to ~70 taps (13x5 on 7x7 maps), else the 1-D FFT along
+  # the long axis. Forward+backward: the banded matmul on maps of 28x28 and smaller, else the 2-D FFT.
+  infer = 'shift' if kh * kw <= 70 else 'fft1d'
+  train = 'toeplitz' if (h if kh >= kw else w) <= 28 else 'fft'
+  return f'{infer}/{train}'
+
+
+def _half_pads(kernel):
+  """k // 2 zeros on both sides of each axis (torch's padding=k//2)."""
+  kh, kw, _ = kernel.shape
+  return (kh // 2, kh // 2), (kw // 2, kw // 2)
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, impl: str | None = None) -> jax.Array:
-  """Depthwise cross-correlation of NHWC `x` with a (kh, kw, C) kernel, zero 'same' padding per axis."""
+  """Depthwise cross-correlation of NHWC `x` with a (kh, kw, C) kernel, zero 'same' padding per axis.
+
+  `impl` is one of DEPTHWISE_IMPLS, or 'infer/train': one form without gradients, another with.
+  """
   impl = impl or _SWITCH.value
   if impl == 'auto':
     impl = pick_auto(x.shape, kernel.shape)
-  if impl not in _IMPLS:
-    raise ValueError(f'Unknown depthwise impl {impl!r}; choose one of {DEPTHWISE_IMPLS}.')
+  infer, _, train = impl.partition('/')
+  train = train or infer
+  if infer not in _IMPLS or train not in _IMPLS:
+    raise ValueError(f'Unknown depthwise impl {impl!r}; choose one of {DEPTHWISE_IMPLS} '
+                     "or an 'inference/training' pair of them.")
   kh, kw, _ = kernel.shape
   if kh % 2 == 0 or kw % 2 == 0:
     # Padding k//2 on both sides of an even kernel changes the output size (as nn.Conv2d does);
     # only the grouped conv handles that. No reference model uses even depthwise kernels.
     return _xla(x, kernel.astype(x.dtype), *_half_pads(kernel))
   kernel, pad_h, pad_w = crop_kernel(kernel.astype(x.dtype), x.shape[1], x.shape[2])
-  return _IMPLS[impl](x, kernel, pad_h, pad_w)
+  if infer == train:
+    return _IMPLS[infer](x, kernel, pad_h, pad_w)
+  return _split(x, kernel, pad_h, pad_w, infer, train)

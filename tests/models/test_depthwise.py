@@ -7,7 +7,8 @@ import pytest
 from lkd_jax.models import depthwise as dw
 from lkd_jax.models import layers
 
-IMPLS = ['xla', 'shift', 'fft', 'toeplitz', 'hybrid']
+# Single forms, and forward/backward pairs as `auto` picks them.
+IMPLS = ['xla', 'shift', 'fft', 'fft1d', 'toeplitz', 'fft1d/toeplitz', 'shift/fft']
 # (x shape, kernel hw): square/rectangular, kernels longer than 2H-1 (cropped), 1-wide, 1x1.
 CASES = [((1, 12, 10, 3), (5, 5)), ((2, 8, 7, 3), (7, 3)), ((1, 8, 7, 2), (3, 9)),
          ((1, 4, 3, 2), (11, 3)), ((1, 3, 4, 2), (3, 11)), ((1, 4, 4, 2), (13, 13)),
@@ -60,10 +61,11 @@ def test_even_kernel_falls_back_to_grouped_conv_shape():
 
 def test_auto_rules_and_setter():
   assert dw.pick_auto((1, 56, 56, 8), (5, 5, 8), 'gpu') == 'xla'
-  assert dw.pick_auto((1, 56, 56, 8), (5, 5, 8), 'cpu') == 'hybrid'
+  assert dw.pick_auto((1, 56, 56, 8), (5, 5, 8), 'cpu') == 'shift'
   assert dw.pick_auto((1, 14, 14, 8), (7, 7, 8), 'cpu') == 'shift'
-  assert dw.pick_auto((1, 56, 56, 8), (51, 5, 8), 'cpu') == 'fft'
-  assert dw.pick_auto((1, 14, 14, 8), (47, 5, 8), 'cpu') == 'toeplitz'
+  assert dw.pick_auto((1, 56, 56, 8), (51, 5, 8), 'cpu') == 'fft1d/fft'
+  assert dw.pick_auto((1, 14, 14, 8), (47, 5, 8), 'cpu') == 'fft1d/toeplitz'
+  assert dw.pick_auto((1, 7, 7, 8), (5, 13, 8), 'cpu') == 'shift/toeplitz'
   assert dw.pick_auto((1, 56, 56, 8), (51, 51, 8), 'cpu') == 'fft'
   x, k = _data((1, 6, 5, 2), (3, 3))
   try:
@@ -74,6 +76,21 @@ def test_auto_rules_and_setter():
     layers.set_depthwise_impl('auto')
   with pytest.raises(ValueError, match='Unknown depthwise impl'):
     layers.set_depthwise_impl('nope')
+  with pytest.raises(ValueError, match="'inference/training' pair"):
+    dw.depthwise_conv(x, k, 'fft/nope')
+
+
+def test_pair_uses_inference_form_without_gradient(monkeypatch):
+  seen = []
+  for name in ('fft', 'toeplitz'):
+    impl = dw._IMPLS[name]
+    monkeypatch.setitem(dw._IMPLS, name, lambda *a, impl=impl, name=name: seen.append(name) or impl(*a))
+  x, k = _data((1, 8, 8, 2), (5, 3))
+  jax.jit(lambda x: dw.depthwise_conv(x, k, 'fft/toeplitz'))(x)
+  assert seen == ['fft']
+  seen.clear()
+  jax.jit(jax.grad(lambda x: jnp.sum(dw.depthwise_conv(x, k, 'fft/toeplitz') ** 2)))(x)
+  assert seen == ['toeplitz']
 
 
 def test_toeplitz_matrix_is_banded_kernel():
