@@ -20,11 +20,13 @@ TEACHER_KWARGS = {'slak_atto': {'kernel_size': (31, 29, 27, 13, 5), 'layer_scale
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The demo job config; arguments: seed, method, steps, teacher_steps, teacher, student, batch,
-  num_train, and method hyper-parameters nkd_gamma, fd_weight, fd_stages ('+'-joined), dkd_warmup_steps."""
+  num_train, method hyper-parameters nkd_gamma, fd_weight, fd_stages ('+'-joined), dkd_warmup_steps,
+  and teacher_depthwise: the depthwise impl of the distilled stage (its frozen teacher's forward)."""
   a = common.parse_arg(arg, seed=0, method='kd', steps=400, teacher_steps=2000,
                        teacher='slak_atto', student='resnet_atto', batch=64, num_train=512,
                        teacher_num_train=4096,
-                       nkd_gamma=1.5, fd_weight=1.0, fd_stages='stage4', dkd_warmup_steps=0)
+                       nkd_gamma=1.5, fd_weight=1.0, fd_stages='stage4', dkd_warmup_steps=0,
+                       teacher_depthwise='auto')
   c = common.base_config()
   c.seed = a.seed
   c.num_classes = 10
@@ -54,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                   'method': 'ce', 'total_steps': a.teacher_steps,
                   'data': {'num_train': a.teacher_num_train}},
       'student': {'model': {'name': a.student}, 'method': 'ce', 'total_steps': a.steps},
-      'distilled': {'model': {'name': a.student}, 'method': a.method, 'total_steps': a.steps},
+      'distilled': {'model': {'name': a.student}, 'method': a.method, 'total_steps': a.steps,
+                    'depthwise_impl': a.teacher_depthwise},
   })
   return c

@@ -4,6 +4,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import common, demo
+from lkd_jax import job
 
 
 def test_parse_arg_types_and_bare_flags():
@@ -27,3 +28,11 @@ def test_demo_config_via_config_flags_path_syntax():
   assert c.seed == 2 and c.stages == ('teacher', 'student', 'distilled')
   assert c.stage_overrides.distilled.method == 'kd'
   assert c.stage_overrides.student.total_steps == 10
+
+
+def test_demo_teacher_depthwise_only_changes_the_distilled_stage():
+  default, other = demo.get_config(None), demo.get_config('teacher_depthwise=fft')
+  assert job.stage_config(other, 'distilled', '/w').depthwise_impl == 'fft'
+  for stage in ('teacher', 'student'):
+    assert job.stage_config(other, stage, '/w') == job.stage_config(default, stage, '/w')
+  assert job.stage_config(default, 'distilled', '/w').depthwise_impl == 'auto'
