@@ -29,6 +29,7 @@ import optax
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from depthwise import use_all_cores  # noqa: E402  (benchmarks/depthwise.py)
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import conv  # noqa: E402
 from lkd_jax.models import depthwise as dw  # noqa: E402
@@ -231,9 +232,7 @@ def main(argv=None):
   a = p.parse_args(argv)
   conv.set_conv_impl(a.conv_impl)
   layers.set_layer_norm_impl(a.layer_norm_impl)
-  threads = os.cpu_count()
-  if torch is not None:
-    torch.set_num_threads(threads)
+  use_all_cores()
   names = set(registry.names())
   rng = np.random.default_rng(0)
   xn = rng.standard_normal((a.batch, a.size, a.size, 3), dtype=np.float32)

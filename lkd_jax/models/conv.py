@@ -30,7 +30,7 @@ from jax import lax
 from lkd_jax.models.switch import ImplSwitch
 
 CONV_IMPLS = ('auto', 'xla', 'matmul')
-_SWITCH = ImplSwitch('conv', CONV_IMPLS)
+_SWITCH = ImplSwitch('conv', CONV_IMPLS, auto=('matmul', 'xla'))
 set_conv_impl, get_conv_impl = _SWITCH.set, _SWITCH.get
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -137,9 +137,7 @@ def _is_nhwc(dimension_numbers: Any, lhs_ndim: int) -> bool:
 def conv_form(x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[int],
               padding: Any, backend: str | None = None, impl: str | None = None) -> str:
   """Which form a conv of these shapes takes: 'pointwise', 'patchify', 'im2col_grad' or 'xla'."""
-  impl = impl or _SWITCH.value
-  if impl == 'auto':
-    impl = 'matmul' if (backend or jax.default_backend()) == 'cpu' else 'xla'
+  impl = _SWITCH.resolve(impl, backend)
   if impl == 'xla':
     return 'xla'
   kh, kw = w_shape[0], w_shape[1]

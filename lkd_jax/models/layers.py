@@ -87,7 +87,7 @@ class DropPath(nnx.Module):
 
 
 LAYER_NORM_IMPLS = ('auto', 'reduce', 'dot')
-_LN_SWITCH = ImplSwitch('layer_norm', LAYER_NORM_IMPLS)
+_LN_SWITCH = ImplSwitch('layer_norm', LAYER_NORM_IMPLS, auto=('dot', 'reduce'))
 set_layer_norm_impl, get_layer_norm_impl = _LN_SWITCH.set, _LN_SWITCH.get
 
 
@@ -109,9 +109,7 @@ class LayerNorm(nnx.LayerNorm):
   """
 
   def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
-    impl = _LN_SWITCH.value
-    if impl == 'auto':
-      impl = 'dot' if jax.default_backend() == 'cpu' else 'reduce'
+    impl = _LN_SWITCH.resolve()
     if impl == 'reduce' or mask is not None or self.reduction_axes not in (-1, (-1,)):
       return super().__call__(x, mask=mask)
     x, scale, bias = self.promote_dtype((x, self.scale[...], self.bias[...]), dtype=self.dtype)
