@@ -21,6 +21,8 @@ def _quiet_orbax(record) -> bool:
 def main(argv: list[str]) -> None:
   del argv
   logging.get_absl_handler().addFilter(_quiet_orbax)
+  from lkd_jax.host_malloc import tune_host_malloc
+  malloc_tuned = tune_host_malloc(FLAGS.config.get('host_malloc', 'auto'))  # before JAX's threads start.
   import jax
   import tensorflow as tf
   if FLAGS.multihost:
@@ -28,9 +30,9 @@ def main(argv: list[str]) -> None:
   tf.config.set_visible_devices([], 'GPU')  # TF (tf.data, writers) must never take an accelerator.
   from lkd_jax import train
   from lkd_jax.data import DatasetNotFoundError
-  logging.info('JAX process %d/%d, %d local / %d global devices (%s).', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.default_backend())
+  logging.info('JAX process %d/%d, %d local / %d global devices (%s); host malloc %s.',
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), jax.default_backend(), 'tuned' if malloc_tuned else 'system')
   try:
     train.run(FLAGS.config, FLAGS.workdir)
   except DatasetNotFoundError as e:  # a setup problem, not a bug: the message, no traceback.

@@ -1,0 +1,47 @@
+"""lkd_jax/host_malloc.py: modes, the accelerator guess, and freed memory reused without page faults."""
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from lkd_jax import host_malloc
+
+_FAULTS = """
+import ctypes, resource, sys
+from lkd_jax.host_malloc import tune_host_malloc
+print(tune_host_malloc(sys.argv[1]))
+libc = ctypes.CDLL('libc.so.6')
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+faults = []
+for _ in range(4):  # 64 MB malloc'd, written, freed (numpy would ask the kernel for huge pages).
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  p = libc.malloc(64 << 20)
+  ctypes.memset(p, 1, 64 << 20)
+  libc.free(p)
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(faults[-1])
+"""
+
+
+def test_modes_and_accelerator_guess(monkeypatch):
+  with pytest.raises(ValueError, match="Unknown host_malloc 'fast'.*'auto', 'tuned', 'system'"):
+    host_malloc.tune_host_malloc('fast')
+  assert host_malloc.tune_host_malloc('system') is False
+  monkeypatch.setenv('JAX_PLATFORMS', 'cuda,cpu')
+  assert host_malloc.accelerator_expected()
+  assert host_malloc.tune_host_malloc('auto') is False  # GPU hosts keep glibc's defaults.
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  assert not host_malloc.accelerator_expected()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='mallopt is glibc-only')
+def test_tuned_reuses_freed_memory_without_page_faults():
+  def run(mode):
+    out = subprocess.run([sys.executable, '-c', _FAULTS, mode], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return out[0], int(out[1])
+  applied, faults = run('tuned')
+  assert applied == 'True' and faults < 100
+  applied, faults = run('system')
+  assert applied == 'False' and faults > 10_000  # a fresh mmap: every 4 KB page faults again.
