@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from depthwise import TORCH_NOTE, Timer, add_timer_args, torch, torch_module_fns, use_all_cores  # noqa: E402  (benchmarks/depthwise.py)
 from emit import add_output_args, device_fields, emit  # noqa: E402
+from timing import add_host_malloc_arg, apply_host_malloc  # noqa: E402
 from lkd_jax.models import conv  # noqa: E402
 
 # (name, input hw, cin, cout, k, stride, pad): every distinct conv shape of ResNet-50 (torchvision
@@ -61,7 +62,9 @@ def main(argv=None):
   p.add_argument('--batch', type=int, default=8)
   p.add_argument('--only', default='', help='only these case names, comma-separated')
   add_timer_args(p, max_reps=11)
+  add_host_malloc_arg(p)
   a = p.parse_args(argv)
+  host_malloc = apply_host_malloc(a.host_malloc)
   use_all_cores()
   rng = np.random.default_rng(0)
   rows = []
@@ -94,7 +97,7 @@ def main(argv=None):
   out = dict(
       benchmark='dense_conv', **device_fields(),
       jax=jax.__version__, torch=None if torch is None else torch.__version__, torch_note=TORCH_NOTE,
-      units='ms (median)', ratio_definition='JAX matmul fwd+bwd / torch NCHW fwd+bwd',
+      host_malloc=host_malloc, units='ms (median)', ratio_definition='JAX matmul fwd+bwd / torch NCHW fwd+bwd',
       speedup_definition='JAX xla fwd+bwd / JAX matmul fwd+bwd', cases=rows)
   emit(out, a.out, a.json)
 

@@ -1,12 +1,13 @@
 """Depthwise convolution, JAX vs PyTorch, at SLaK-T's stage shapes (224 px input).
 
     python benchmarks/depthwise.py --json --out benchmarks/results/depthwise_cpu.json
-    python benchmarks/depthwise.py --json --batches 1 --impls shift,fft,toeplitz,hybrid   # impl sweep
+    python benchmarks/depthwise.py --json --batches 1 --impls shift,fft,fft1d,toeplitz   # impl sweep
 
 Each case times forward and forward+backward (loss sum(y**2), gradients wrt input and kernel) of the
 JAX implementation picked by `auto` (plus any --impls), and of torch `nn.Conv2d(groups=C)` in NCHW
-(PyTorch's default layout and the one SLaK's code uses) and channels_last. JAX and torch calls
-alternate inside each repetition, so machine load hits both alike; times are medians in ms.
+(PyTorch's default layout and the one SLaK's code uses) and channels_last. JAX and torch take turns
+inside each repetition, so machine load hits both alike, each turn timing its second call
+(benchmarks/timing.py); times are medians in ms. The process runs with --host-malloc (default tuned).
 `ratio` = JAX auto / torch NCHW (the target: <= 1.0); `ratio_vs_best_torch` uses the faster torch layout.
 torch is optional (extra `[torch]`); without it the JAX side runs and the JSON says why torch was skipped.
 """
@@ -24,6 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import depthwise as dw  # noqa: E402
+from timing import add_host_malloc_arg, apply_host_malloc, medians, time_interleaved  # noqa: E402
 
 try:
   import torch
@@ -33,8 +35,9 @@ except ModuleNotFoundError as e:  # the JAX side still runs.
   TORCH_NOTE = f'torch side skipped: {e} (pip install -e ".[torch]")'
 
 # SLaK-T (width 1.3): stage maps at 224 px and kernels (51, 49, 47, 13) x 5; 'merged' is the eval-mode
-# KxK kernel (branches summed); 7x7 is ConvNeXt's kernel at stage-1 shape.
+# KxK kernel (branches summed); convnext_7x7 is ConvNeXt-T's kernel at its stage shapes.
 STAGES = [(56, 124, 51), (28, 249, 49), (14, 499, 47), (7, 998, 13)]
+CONVNEXT_T_STAGES = [(56, 96), (28, 192), (14, 384), (7, 768)]
 
 
 def cases() -> list[dict]:
@@ -42,33 +45,20 @@ def cases() -> list[dict]:
   for s, (hw, c, k) in enumerate(STAGES, 1):
     for kh, kw, kind in [(k, 5, 'Kx5'), (5, k, '5xK'), (5, 5, '5x5'), (k, k, 'merged')]:
       out.append(dict(stage=s, hw=hw, c=c, kh=kh, kw=kw, kind=kind))
-  out.append(dict(stage=1, hw=56, c=124, kh=7, kw=7, kind='convnext_7x7'))
+  for s, (hw, c) in enumerate(CONVNEXT_T_STAGES, 1):
+    out.append(dict(stage=s, hw=hw, c=c, kh=7, kw=7, kind='convnext_7x7'))
   return out
 
 
-def _timed(fn) -> float:
-  t = time.perf_counter()
-  fn()
-  return time.perf_counter() - t
-
-
 class Timer:
-  """Interleaved timing of several callables: each repetition calls every one once."""
+  """Interleaved timing of several callables (timing.time_interleaved); medians in ms and `reps`."""
 
   def __init__(self, fns: dict, budget_s: float, min_reps: int, max_reps: int):
     self.fns, self.budget, self.min_reps, self.max_reps = fns, budget_s, min_reps, max_reps
 
   def run(self) -> dict:
-    for f in self.fns.values():  # warm-up (compile for JAX)
-      f()
-    times = {k: [] for k in self.fns}
-    start = time.perf_counter()
-    for r in range(self.max_reps):
-      for k, f in self.fns.items():
-        times[k].append(_timed(f))
-      if r + 1 >= self.min_reps and time.perf_counter() - start > self.budget:
-        break
-    return {k: float(np.median(v) * 1e3) for k, v in times.items()} | {'reps': len(times[k])}
+    times = time_interleaved(self.fns, self.max_reps, self.budget, self.min_reps)
+    return medians(times, 1e3) | {'reps': len(next(iter(times.values())))}
 
 
 def use_all_cores() -> int | None:
@@ -130,7 +120,9 @@ def main(argv=None):
   p.add_argument('--stages', default='', help='only these stages, e.g. 1,3')
   add_timer_args(p, max_reps=15)
   p.add_argument('--check', action='store_true', help='also report max rel. error of auto vs torch')
+  add_host_malloc_arg(p)
   a = p.parse_args(argv)
+  host_malloc = apply_host_malloc(a.host_malloc)
   threads = use_all_cores()
   rng = np.random.default_rng(0)
   rows = []
@@ -181,7 +173,7 @@ def main(argv=None):
   out = dict(
       benchmark='depthwise', **device_fields(),
       jax=jax.__version__, torch=None if torch is None else torch.__version__, torch_note=TORCH_NOTE,
-      torch_threads=threads,
+      torch_threads=threads, host_malloc=host_malloc,
       units='ms (median)', ratio_definition='JAX auto fwd+bwd / torch NCHW fwd+bwd',
       cases=rows)
   emit(out, a.out, a.json)

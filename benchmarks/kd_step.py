@@ -7,7 +7,10 @@ Step = teacher forward in eval mode without gradients (jax.lax.stop_gradient / t
 student forward/backward in train mode (BatchNorm batch statistics) + vanilla KD loss
 (0.9 CE + 0.1 KL at T=3, as the paper's code) + AdamW update; one `jax.jit` on the JAX side (the
 student state donated). Also timed: the teacher forward alone (eval), to give the teacher's share of
-the step, and SLaK-T forward / ConvNeXt-T forward. Images/s = batch / median step time.
+the step, and SLaK-T forward / ConvNeXt-T forward. Images/s = batch / median step time; each turn
+times its second call (benchmarks/timing.py); `*_minor_faults` counts one more step's page faults.
+The whole process, PyTorch included, runs with --host-malloc (default `tuned`, as lkd_jax.main on
+CPU: lkd_jax/host_malloc.py; `system` keeps glibc's defaults).
 The PyTorch models are minimal equivalents written here (no timm/torchvision): SLaK-T (width 1.3,
 decomposed Kx5 + 5xK + 5x5 depthwise branches with BN), ConvNeXt-T (official: 7x7 dw with bias),
 ResNet-50 (torchvision v1.5). torch is optional; without it only the JAX side runs.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 
@@ -35,6 +39,7 @@ from lkd_jax.models import conv  # noqa: E402
 from lkd_jax.models import depthwise as dw  # noqa: E402
 from lkd_jax.models import layers  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
+from timing import add_host_malloc_arg, apply_host_malloc, medians, time_interleaved  # noqa: E402
 
 try:
   import torch
@@ -207,14 +212,11 @@ def build_torch(teacher_name, student_name, channels_last):
 
 
 # ---------------------------------------------------------------------------------------- main
-def timeit(fns: dict, reps: int) -> dict:
-  times = {k: [] for k in fns}
-  for _ in range(reps):
-    for k, f in fns.items():
-      t = time.perf_counter()
-      f()
-      times[k].append(time.perf_counter() - t)
-  return {k: float(np.median(v)) for k, v in times.items()}
+def minor_faults(fn) -> int:
+  """Page faults (minor: fresh pages mapped in) taken by the process during one call of `fn`."""
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  fn()
+  return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
 def main(argv=None):
@@ -229,7 +231,9 @@ def main(argv=None):
   p.add_argument('--layer-norm-impl', default='auto', choices=layers.LAYER_NORM_IMPLS,
                  help='LayerNorm statistics')
   p.add_argument('--peak-tflops', type=float, default=None, help='dense peak for MFU (accelerators)')
+  add_host_malloc_arg(p)
   a = p.parse_args(argv)
+  host_malloc = apply_host_malloc(a.host_malloc)
   conv.set_conv_impl(a.conv_impl)
   layers.set_layer_norm_impl(a.layer_norm_impl)
   use_all_cores()
@@ -261,7 +265,8 @@ def main(argv=None):
       t_step(xt, lt)
       t_tfwd(xt)
       fns |= {'torch_step': lambda: t_step(xt, lt), 'torch_teacher_fwd': lambda: t_tfwd(xt)}
-    res = timeit(fns, a.reps)
+    res = medians(time_interleaved(fns, a.reps))
+    faults = {f'{k}_minor_faults': minor_faults(f) for k, f in fns.items() if k.endswith('_step')}
     gflop_step = 2 * GMACS.get(tname, float('nan')) + 6 * GMACS.get(sname, float('nan'))
     row = dict(teacher=tname, student=sname, batch=a.batch, size=a.size, reps=a.reps,
                jax_compile_and_first_step_s=round(compile_s, 1),
@@ -273,7 +278,7 @@ def main(argv=None):
                                               {dw.pick_auto((1, h, h, 1), (5, k, 1)) for h, k in
                                                [(56, 51), (28, 49), (14, 47), (7, 13)]})
                if tname == 'slak_t' else None,
-               gflop_per_image=gflop_step)
+               gflop_per_image=gflop_step, **faults)
     if torch is not None:
       row |= dict(torch_images_per_s=round(a.batch / res['torch_step'], 2),
                   torch_teacher_share=round(res['torch_teacher_fwd'] / res['torch_step'], 3),
@@ -296,6 +301,7 @@ def main(argv=None):
              jax=jax.__version__, torch=None if torch is None else torch.__version__,
              torch_note=TORCH_NOTE, torch_layout=a.torch_layout, depthwise_impl=dw.get_depthwise_impl(),
              conv_impl=conv.get_conv_impl(), layer_norm_impl=layers.get_layer_norm_impl(),
+             host_malloc=host_malloc,
              jax_step_note='equivalent fused step built in this script (teacher eval fwd under '
              'stop_gradient + student train fwd/bwd + KD loss + AdamW, one jax.jit, student donated)',
              loss='0.9*CE + 0.1*KL(T=3)*T^2', units='seconds per step (median)', notes=notes,

@@ -21,6 +21,7 @@ from flax import nnx
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from depthwise import TORCH_NOTE, Timer, add_timer_args, torch, torch_module_fns, use_all_cores  # noqa: E402  (benchmarks/depthwise.py)
 from emit import add_output_args, device_fields, emit  # noqa: E402
+from timing import add_host_malloc_arg, apply_host_malloc  # noqa: E402
 from lkd_jax.models import pool  # noqa: E402
 
 
@@ -40,7 +41,9 @@ def main(argv=None):
   add_output_args(p)
   p.add_argument('--batches', default='1,8')
   add_timer_args(p, max_reps=15)
+  add_host_malloc_arg(p)
   a = p.parse_args(argv)
+  host_malloc = apply_host_malloc(a.host_malloc)
   use_all_cores()
   rows = []
   for b in [int(v) for v in a.batches.split(',')]:
@@ -62,7 +65,7 @@ def main(argv=None):
     print('#', row, file=sys.stderr, flush=True)
   emit(dict(benchmark='max_pool', **device_fields(), jax=jax.__version__,
             torch=None if torch is None else torch.__version__, torch_note=TORCH_NOTE,
-            units='ms (median)', speedup_definition='reduce_window fwd+bwd / pool fwd+bwd',
+            host_malloc=host_malloc, units='ms (median)', speedup_definition='reduce_window fwd+bwd / pool fwd+bwd',
             ratio_definition='pool fwd+bwd / torch NCHW fwd+bwd', cases=rows), a.out, a.json)
 
 

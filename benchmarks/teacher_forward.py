@@ -4,7 +4,8 @@
 
 `auto` may pair two depthwise forms, 'inference/training' (lkd_jax/models/depthwise.py): a call no
 gradient flows through (the frozen teacher in the KD step) runs the first. Variants, each compiled
-once and timed interleaved (every repetition calls each once, so machine load hits them alike):
+once and timed interleaved (benchmarks/timing.py: every repetition gives each a turn, so machine
+load hits them alike):
 - `inference`: the plain jitted eval forward, as the KD step runs the teacher;
 - `training_forms`: the same forward traced under `jax.vjp` w.r.t. the input, the VJP dropped, so
   every depthwise conv runs its training form's forward (what `auto` ran before the pairs);
@@ -25,19 +26,19 @@ from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
-from layer_norm import time_interleaved  # noqa: E402
 from lkd_jax.models import depthwise as dw  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
 from lkd_jax.models.slak import merge_large_kernels  # noqa: E402
+from timing import add_host_malloc_arg, apply_host_malloc, time_interleaved  # noqa: E402
 
 
 def _compiled(model: nnx.Module, x: jax.Array, under_vjp: bool):
-  """(jitted eval forward, args); with `under_vjp`, traced under jax.vjp and the VJP dropped."""
+  """A blocking call of the jitted eval forward; with `under_vjp`, traced under jax.vjp, VJP dropped."""
   graph, state = nnx.split(model)
   fwd = lambda s, x: nnx.merge(graph, s)(x, train=False)[0]
   fn = jax.jit((lambda s, x: jax.vjp(lambda x: fwd(s, x), x)[0]) if under_vjp else fwd)
   jax.block_until_ready(fn(state, x))
-  return fn, (state, x)
+  return lambda: jax.block_until_ready(fn(state, x))
 
 
 def main(argv=None):
@@ -47,7 +48,9 @@ def main(argv=None):
   p.add_argument('--size', type=int, default=224)
   p.add_argument('--models', default='slak_t,convnext_t')
   p.add_argument('--reps', type=int, default=7)
+  add_host_malloc_arg(p)
   a = p.parse_args(argv)
+  host_malloc = apply_host_malloc(a.host_malloc)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((a.batch, a.size, a.size, 3)), jnp.float32)
   rows = []
   for name in a.models.split(','):
@@ -64,7 +67,7 @@ def main(argv=None):
     rows.append(row)
     print('#', row, file=sys.stderr, flush=True)
   emit(dict(benchmark='teacher_forward', **device_fields(), jax=jax.__version__,
-            depthwise_impl=dw.get_depthwise_impl(), units='ms per forward (median, and min)',
+            depthwise_impl=dw.get_depthwise_impl(), host_malloc=host_malloc, units='ms per forward (median, and min)',
             cases=rows), a.out, a.json)
 
 

@@ -1,0 +1,53 @@
+"""Interleaved timing shared by the benchmark scripts, and the host malloc setting they run under."""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from lkd_jax.host_malloc import HOST_MALLOC_MODES, tune_host_malloc
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int, budget_s: float = math.inf,
+                     min_reps: int = 1) -> dict[str, list[float]]:
+  """Seconds per call of each blocking zero-argument callable, every repetition running each in turn.
+
+  Each turn calls its function twice and times the second call: the timed call never directly
+  follows another program, whose thread pools (PyTorch's OpenMP, XLA's) may still be spinning on
+  the same cores and whose buffers have just displaced this one's. Timing alternate single calls
+  made PyTorch's 7x7 depthwise forward at 56x56x96 (batch 8) read 15 ms instead of 3-4 ms.
+  Stops after `reps`, or once `min_reps` are done and `budget_s` seconds have passed.
+  """
+  for f in fns.values():  # compile (JAX) / allocator warm-up.
+    f()
+  times = {k: [] for k in fns}
+  start = time.perf_counter()
+  for r in range(reps):
+    for k, f in fns.items():
+      f()
+      t = time.perf_counter()
+      f()
+      times[k].append(time.perf_counter() - t)
+    if r + 1 >= min_reps and time.perf_counter() - start > budget_s:
+      break
+  return times
+
+
+def medians(times: dict[str, list[float]], scale: float = 1.0) -> dict[str, float]:
+  """Median of each list of `time_interleaved`, times `scale` (1e3 for ms)."""
+  return {k: float(np.median(v)) * scale for k, v in times.items()}
+
+
+def add_host_malloc_arg(p: argparse.ArgumentParser) -> None:
+  """--host-malloc, as `apply_host_malloc` takes it."""
+  p.add_argument('--host-malloc', default='tuned', choices=HOST_MALLOC_MODES,
+                 help="glibc malloc kept warm for the whole process, PyTorch's side included "
+                 "(lkd_jax/host_malloc.py; lkd_jax.main applies it on CPU); 'system' = defaults")
+
+
+def apply_host_malloc(mode: str) -> str:
+  """Applies --host-malloc (call before any JAX computation); the value for the result JSON."""
+  return 'tuned' if tune_host_malloc(mode) else 'system'
