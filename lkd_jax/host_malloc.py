@@ -3,10 +3,11 @@
 XLA:CPU allocates each execution's buffers with malloc and frees them after it. glibc serves
 allocations over its mmap threshold (at most 32 MB) with fresh mmap'd pages, and the per-thread
 arenas XLA's worker threads use give big blocks back to the kernel too, so every step page-faults
-its whole working set again: 290k minor faults (1.1 GB) per ConvNeXt-T -> ResNet-50 KD step at
-batch 8, a 25k-fault (100 MB) ConvNeXt-T forward. One arena, no mmap and a 2 GB trim threshold
-make them steady-state zero (benchmarks/results/kd_step_cpu.json has the figures); the process
-keeps its peak footprint instead. PyTorch's and TensorFlow's tuning guides get the same effect by
+its whole working set again: 285k minor faults (1.1 GB) per ConvNeXt-T -> ResNet-50 KD step at
+batch 8 (benchmarks/results/kd_step_cpu_malloc_system.json). One arena, no mmap and a 2 GB trim
+threshold keep freed memory for the next step: 35k faults there (kd_step_cpu.json; PyTorch shares
+the heap in that benchmark; an uncommitted JAX-only probe took none); the process keeps its peak
+footprint. PyTorch's and TensorFlow's tuning guides get the same effect by
 preloading jemalloc or tcmalloc; mallopt needs no extra library and can be set from Python, as
 long as it runs before JAX starts its threads (arenas are bound to threads at their first malloc).
 """
