@@ -2,6 +2,7 @@
 
     python benchmarks/kd_step.py --json --out benchmarks/results/kd_step_cpu.json
     python benchmarks/kd_step.py --json --batch 8 --pairs slak_t:resnet50 --reps 3
+    python benchmarks/kd_step.py --json --reps 5 --jax-only   # JAX alone in the process
 
 Step = teacher forward in eval mode without gradients (jax.lax.stop_gradient / torch.no_grad) +
 student forward/backward in train mode (BatchNorm batch statistics) + vanilla KD loss
@@ -231,8 +232,10 @@ def main(argv=None):
   p.add_argument('--layer-norm-impl', default='auto', choices=layers.LAYER_NORM_IMPLS,
                  help='LayerNorm statistics')
   p.add_argument('--peak-tflops', type=float, default=None, help='dense peak for MFU (accelerators)')
+  p.add_argument('--jax-only', action='store_true', help='skip the PyTorch side even if torch is installed')
   add_host_malloc_arg(p)
   a = p.parse_args(argv)
+  use_torch = torch is not None and not a.jax_only
   host_malloc = apply_host_malloc(a.host_malloc)
   conv.set_conv_impl(a.conv_impl)
   layers.set_layer_norm_impl(a.layer_norm_impl)
@@ -242,7 +245,7 @@ def main(argv=None):
   xn = rng.standard_normal((a.batch, a.size, a.size, 3), dtype=np.float32)
   ln = rng.integers(0, NUM_CLASSES, a.batch)
   x, labels = jnp.asarray(xn), jnp.asarray(ln)
-  if torch is not None:
+  if use_torch:
     xt = torch.from_numpy(np.ascontiguousarray(xn.transpose(0, 3, 1, 2)))
     if a.torch_layout == 'channels_last':
       xt = xt.contiguous(memory_format=torch.channels_last)
@@ -259,7 +262,7 @@ def main(argv=None):
     j_tfwd(x)
     compile_s = time.perf_counter() - t0
     fns = {'jax_step': lambda: j_step(x, labels), 'jax_teacher_fwd': lambda: j_tfwd(x)}
-    if torch is not None:
+    if use_torch:
       torch.manual_seed(0)
       t_step, t_tfwd = build_torch(tname, sname, a.torch_layout == 'channels_last')
       t_step(xt, lt)
@@ -279,7 +282,7 @@ def main(argv=None):
                                                [(56, 51), (28, 49), (14, 47), (7, 13)]})
                if tname == 'slak_t' else None,
                gflop_per_image=gflop_step, **faults)
-    if torch is not None:
+    if use_torch:
       row |= dict(torch_images_per_s=round(a.batch / res['torch_step'], 2),
                   torch_teacher_share=round(res['torch_teacher_fwd'] / res['torch_step'], 3),
                   ratio=round(res['jax_step'] / res['torch_step'], 3),
@@ -293,13 +296,14 @@ def main(argv=None):
   cnx = fw.get('convnext_t', fw.get('convnext_t_bn'))
   if 'slak_t' in fw and cnx:
     summary['jax_slak_t_fwd_over_convnext_t_fwd'] = round(fw['slak_t'] / cnx, 3)
-    if torch is not None:
+    if use_torch:
       tf = {r['teacher']: r['torch_teacher_fwd_s'] for r in rows}
       tconv = tf.get('convnext_t', tf.get('convnext_t_bn'))
       summary['torch_slak_t_fwd_over_convnext_t_fwd'] = round(tf['slak_t'] / tconv, 3)
   out = dict(benchmark='kd_step', **device_fields(),
              jax=jax.__version__, torch=None if torch is None else torch.__version__,
-             torch_note=TORCH_NOTE, torch_layout=a.torch_layout, depthwise_impl=dw.get_depthwise_impl(),
+             torch_note='torch side skipped: --jax-only' if a.jax_only else TORCH_NOTE,
+             torch_layout=a.torch_layout, depthwise_impl=dw.get_depthwise_impl(),
              conv_impl=conv.get_conv_impl(), layer_norm_impl=layers.get_layer_norm_impl(),
              host_malloc=host_malloc,
              jax_step_note='equivalent fused step built in this script (teacher eval fwd under '
