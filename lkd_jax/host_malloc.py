@@ -10,6 +10,8 @@ the heap in that benchmark; an uncommitted JAX-only probe took none); the proces
 footprint. PyTorch's and TensorFlow's tuning guides get the same effect by
 preloading jemalloc or tcmalloc; mallopt needs no extra library and can be set from Python, as
 long as it runs before JAX starts its threads (arenas are bound to threads at their first malloc).
+One arena serialises malloc across threads: fine for XLA's few large blocks, but on a many-core
+CPU host whose tf.data pipeline is malloc-bound, `host_malloc='system'` may be faster.
 """
 from __future__ import annotations
 
