@@ -21,7 +21,7 @@ from flax import nnx
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import layers, registry  # noqa: E402
-from timing import add_host_malloc_arg, apply_host_malloc, time_interleaved  # noqa: E402
+from timing import add_host_malloc_arg, apply_host_malloc, compiled_forward, time_interleaved  # noqa: E402
 
 
 def _dw_ln_case(batch: int, impl: str):
@@ -39,12 +39,9 @@ def _dw_ln_case(batch: int, impl: str):
 
 def _model_case(name: str, batch: int, impl: str):
   """A blocking call of zoo model `name`'s eval forward, compiled under LayerNorm `impl`."""
-  graph, state = nnx.split(registry.create(name, num_classes=1000, seed=0))
   x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, 224, 224, 3)), jnp.float32)
   layers.set_layer_norm_impl(impl)
-  fn = jax.jit(lambda s, x: nnx.merge(graph, s)(x, train=False)[0])
-  jax.block_until_ready(fn(state, x))
-  return lambda: jax.block_until_ready(fn(state, x))
+  return compiled_forward(registry.create(name, num_classes=1000, seed=0), x)
 
 
 def main(argv=None):

@@ -22,23 +22,13 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import depthwise as dw  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
 from lkd_jax.models.slak import merge_large_kernels  # noqa: E402
-from timing import add_host_malloc_arg, apply_host_malloc, time_interleaved  # noqa: E402
-
-
-def _compiled(model: nnx.Module, x: jax.Array, under_vjp: bool):
-  """A blocking call of the jitted eval forward; with `under_vjp`, traced under jax.vjp, VJP dropped."""
-  graph, state = nnx.split(model)
-  fwd = lambda s, x: nnx.merge(graph, s)(x, train=False)[0]
-  fn = jax.jit((lambda s, x: jax.vjp(lambda x: fwd(s, x), x)[0]) if under_vjp else fwd)
-  jax.block_until_ready(fn(state, x))
-  return lambda: jax.block_until_ready(fn(state, x))
+from timing import add_host_malloc_arg, apply_host_malloc, compiled_forward, time_interleaved  # noqa: E402
 
 
 def main(argv=None):
@@ -55,9 +45,9 @@ def main(argv=None):
   rows = []
   for name in a.models.split(','):
     model = registry.create(name, num_classes=1000, seed=0)
-    fns = {'training_forms': _compiled(model, x, True), 'inference': _compiled(model, x, False)}
+    fns = {'training_forms': compiled_forward(model, x, True), 'inference': compiled_forward(model, x)}
     if name.startswith('slak'):
-      fns['merged'] = _compiled(merge_large_kernels(model), x, False)
+      fns['merged'] = compiled_forward(merge_large_kernels(model), x)
     times = time_interleaved(fns, a.reps)
     med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
     row = dict(model=name, batch=a.batch, size=a.size, reps=a.reps,

@@ -6,7 +6,9 @@ import math
 import time
 from typing import Any, Callable
 
+import jax
 import numpy as np
+from flax import nnx
 
 from lkd_jax.host_malloc import HOST_MALLOC_MODES, tune_host_malloc
 
@@ -34,6 +36,16 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int, budget_s: flo
     if r + 1 >= min_reps and time.perf_counter() - start > budget_s:
       break
   return times
+
+
+def compiled_forward(model: nnx.Module, x: jax.Array, under_vjp: bool = False) -> Callable[[], Any]:
+  """A blocking call of `model`'s jitted eval forward on `x`, compiled now (under the impl switches
+  set now); with `under_vjp`, traced under jax.vjp w.r.t. `x` and the VJP dropped."""
+  graph, state = nnx.split(model)
+  fwd = lambda s, x: nnx.merge(graph, s)(x, train=False)[0]
+  fn = jax.jit((lambda s, x: jax.vjp(lambda x: fwd(s, x), x)[0]) if under_vjp else fwd)
+  jax.block_until_ready(fn(state, x))
+  return lambda: jax.block_until_ready(fn(state, x))
 
 
 def medians(times: dict[str, list[float]], scale: float = 1.0) -> dict[str, float]:
