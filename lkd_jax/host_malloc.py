@@ -4,12 +4,13 @@ XLA:CPU allocates each execution's buffers with malloc and frees them after it. 
 allocations over its mmap threshold (at most 32 MB) with fresh mmap'd pages, and the per-thread
 arenas XLA's worker threads use give big blocks back to the kernel too, so every step page-faults
 its whole working set again: 285k minor faults (1.1 GB) per ConvNeXt-T -> ResNet-50 KD step at
-batch 8 (benchmarks/results/kd_step_cpu_malloc_system.json). One arena, no mmap and a 2 GB trim
-threshold keep freed memory for the next step: 35k faults there (kd_step_cpu.json; PyTorch shares
-the heap in that benchmark; an uncommitted JAX-only probe took none); the process keeps its peak
-footprint. PyTorch's and TensorFlow's tuning guides get the same effect by
-preloading jemalloc or tcmalloc; mallopt needs no extra library and can be set from Python, as
-long as it runs before JAX starts its threads (arenas are bound to threads at their first malloc).
+batch 8 (benchmarks/results/kd_step_cpu_malloc_system.json). One arena, no mmap and no trimming
+keep freed memory for the next step; the process keeps its peak footprint. Trimming must be off,
+not just capped: a 2 GB threshold (mallopt's largest positive value) still let a SLaK-T step, whose
+heap peaks above 4 GB, give its top back and fault 281k pages (~0.9 s) per step in some runs.
+PyTorch's and TensorFlow's tuning guides get the same effect by preloading jemalloc or tcmalloc;
+mallopt needs no extra library and can be set from Python, as long as it runs before JAX starts its
+threads (arenas are bound to threads at their first malloc).
 One arena serialises malloc across threads: fine for XLA's few large blocks, but on a many-core
 CPU host whose tf.data pipeline is malloc-bound, `host_malloc='system'` may be faster.
 """
@@ -25,7 +26,7 @@ import platform
 HOST_MALLOC_MODES = ('auto', 'tuned', 'system')
 # mallopt parameters, <malloc.h>.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-_TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: the largest is 2 GB.
+_NO_TRIM = -1  # man mallopt: 'Setting M_TRIM_THRESHOLD to -1 disables trimming completely.'
 
 
 def accelerator_expected() -> bool:
@@ -50,4 +51,4 @@ def tune_host_malloc(mode: str = 'auto') -> bool:
     return False  # mallopt is glibc's; other allocators keep their own defaults.
   libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
   return all(libc.mallopt(param, value) == 1 for param, value in (
-      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)))
+      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NO_TRIM)))
