@@ -8,7 +8,9 @@ Step = teacher forward in eval mode without gradients (jax.lax.stop_gradient / t
 student forward/backward in train mode (BatchNorm batch statistics) + vanilla KD loss
 (0.9 CE + 0.1 KL at T=3, as the paper's code) + AdamW update; one `jax.jit` on the JAX side (the
 student state donated). Also timed: the teacher forward alone (eval), to give the teacher's share of
-the step, and SLaK-T forward / ConvNeXt-T forward. Images/s = batch / median step time; each turn
+the step, the student's part alone (the same step fed teacher logits computed beforehand:
+`*_step_minus_parts_s` = step - teacher forward - student step, the cost or saving of fusing them),
+and SLaK-T forward / ConvNeXt-T forward. Images/s = batch / median step time; each turn
 times its second call (benchmarks/timing.py); `*_minor_faults` counts one more step's page faults.
 The whole process, PyTorch included, runs with --host-malloc (default `tuned`, as lkd_jax.main on
 CPU: lkd_jax/host_malloc.py; `system` keeps glibc's defaults).
@@ -76,9 +78,7 @@ def build_jax(teacher_name, student_name):
     logits, _ = nnx.merge(t_graph, t_state)(x, train=False)
     return jax.lax.stop_gradient(logits)
 
-  def step(s_params, s_stats, opt_state, t_state, x, labels):
-    t_logits = teacher_fwd(t_state, x)
-
+  def student_update(s_params, s_stats, opt_state, t_logits, x, labels):
     def loss_fn(params):
       model = nnx.merge(s_graph, params, s_stats, s_rest, copy=True)
       logits, _ = model(x, train=True)
@@ -87,19 +87,24 @@ def build_jax(teacher_name, student_name):
     updates, opt_state = tx.update(grads, opt_state, s_params)
     return optax.apply_updates(s_params, updates), new_stats, opt_state, loss
 
+  def step(s_params, s_stats, opt_state, t_state, x, labels):
+    return student_update(s_params, s_stats, opt_state, teacher_fwd(t_state, x), x, labels)
+
   step_j = jax.jit(step, donate_argnums=(0, 1, 2))
+  student_j = jax.jit(student_update, donate_argnums=(0, 1, 2))
   tfwd_j = jax.jit(teacher_fwd)
   state = {'s': (s_params, s_stats, opt_state)}
 
-  def run_step(x, labels):
+  def update(fn, *args):
     p, s, o = state['s']
-    p, s, o, loss = step_j(p, s, o, t_state, x, labels)
+    p, s, o, loss = fn(p, s, o, *args)
     state['s'] = (p, s, o)
     jax.block_until_ready(loss)
 
   def run_tfwd(x):
-    jax.block_until_ready(tfwd_j(t_state, x))
-  return run_step, run_tfwd
+    return jax.block_until_ready(tfwd_j(t_state, x))
+  return (lambda x, labels: update(step_j, t_state, x, labels), run_tfwd,
+          lambda t_logits, x, labels: update(student_j, t_logits, x, labels))
 
 
 # ------------------------------------------------------------------------------------- PyTorch
@@ -195,9 +200,7 @@ def build_torch(teacher_name, student_name, channels_last):
     teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
   opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.05)
 
-  def run_step(x, labels):
-    with torch.no_grad():
-      t_logits = teacher(x)
+  def run_student(t_logits, x, labels):
     s_logits = student(x)
     kl = F.kl_div(F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1), reduction='batchmean',
                   log_target=True)
@@ -208,8 +211,8 @@ def build_torch(teacher_name, student_name, channels_last):
 
   def run_tfwd(x):
     with torch.no_grad():
-      teacher(x)
-  return run_step, run_tfwd
+      return teacher(x)
+  return lambda x, labels: run_student(run_tfwd(x), x, labels), run_tfwd, run_student
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -257,17 +260,19 @@ def main(argv=None):
       notes.append('convnext_t not registered: used convnext_t_bn (SLaK-code ConvNeXt, 7x7 + BN)')
       tname = 'convnext_t_bn'
     t0 = time.perf_counter()
-    j_step, j_tfwd = build_jax(tname, sname)
+    j_step, j_tfwd, j_student = build_jax(tname, sname)
     j_step(x, labels)
-    j_tfwd(x)
+    j_logits = j_tfwd(x)
     compile_s = time.perf_counter() - t0
-    fns = {'jax_step': lambda: j_step(x, labels), 'jax_teacher_fwd': lambda: j_tfwd(x)}
+    fns = {'jax_step': lambda: j_step(x, labels), 'jax_teacher_fwd': lambda: j_tfwd(x),
+           'jax_student_step': lambda: j_student(j_logits, x, labels)}
     if use_torch:
       torch.manual_seed(0)
-      t_step, t_tfwd = build_torch(tname, sname, a.torch_layout == 'channels_last')
+      t_step, t_tfwd, t_student = build_torch(tname, sname, a.torch_layout == 'channels_last')
       t_step(xt, lt)
-      t_tfwd(xt)
-      fns |= {'torch_step': lambda: t_step(xt, lt), 'torch_teacher_fwd': lambda: t_tfwd(xt)}
+      t_logits = t_tfwd(xt)
+      fns |= {'torch_step': lambda: t_step(xt, lt), 'torch_teacher_fwd': lambda: t_tfwd(xt),
+              'torch_student_step': lambda: t_student(t_logits, xt, lt)}
     res = medians(time_interleaved(fns, a.reps))
     faults = {f'{k}_minor_faults': minor_faults(f) for k, f in fns.items() if k.endswith('_step')}
     gflop_step = 2 * GMACS.get(tname, float('nan')) + 6 * GMACS.get(sname, float('nan'))
@@ -276,6 +281,8 @@ def main(argv=None):
                **{f'{k}_s': round(v, 4) for k, v in res.items()},
                jax_images_per_s=round(a.batch / res['jax_step'], 2),
                jax_teacher_share=round(res['jax_teacher_fwd'] / res['jax_step'], 3),
+               jax_step_minus_parts_s=round(res['jax_step'] - res['jax_teacher_fwd']
+                                            - res['jax_student_step'], 4),
                teacher_depthwise_impls=sorted({dw.pick_auto((1, h, h, 1), (k, 5, 1)) for h, k in
                                                [(56, 51), (28, 49), (14, 47), (7, 13)]} |
                                               {dw.pick_auto((1, h, h, 1), (5, k, 1)) for h, k in
@@ -285,6 +292,8 @@ def main(argv=None):
     if use_torch:
       row |= dict(torch_images_per_s=round(a.batch / res['torch_step'], 2),
                   torch_teacher_share=round(res['torch_teacher_fwd'] / res['torch_step'], 3),
+                  torch_step_minus_parts_s=round(res['torch_step'] - res['torch_teacher_fwd']
+                                                 - res['torch_student_step'], 4),
                   ratio=round(res['jax_step'] / res['torch_step'], 3),
                   teacher_fwd_ratio=round(res['jax_teacher_fwd'] / res['torch_teacher_fwd'], 3))
     if a.peak_tflops:
