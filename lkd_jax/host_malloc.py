@@ -7,7 +7,7 @@ its whole working set again: 285k minor faults (1.1 GB) per ConvNeXt-T -> ResNet
 batch 8 (benchmarks/results/kd_step_cpu_malloc_system.json). One arena, no mmap and no trimming
 keep freed memory for the next step; the process keeps its peak footprint. Trimming must be off,
 not just capped: a 2 GB threshold (mallopt's largest positive value) still let a SLaK-T step, whose
-heap peaks above 4 GB, give its top back and fault 281k pages (~0.9 s) per step in some runs.
+heap peaks above 4 GB, give its top back and fault 281k pages per step in some runs.
 PyTorch's and TensorFlow's tuning guides get the same effect by preloading jemalloc or tcmalloc;
 mallopt needs no extra library and can be set from Python, as long as it runs before JAX starts its
 threads (arenas are bound to threads at their first malloc).
