@@ -1,4 +1,5 @@
-"""A frozen teacher's eval forward: the depthwise inference forms `auto` picks vs its training forms.
+"""A frozen teacher's eval forward: the depthwise inference forms `auto` picks vs its training forms,
+and the depthwise convolutions' share of it, JAX vs PyTorch.
 
     python benchmarks/teacher_forward.py --json --out benchmarks/results/teacher_forward_cpu.json
 
@@ -10,7 +11,13 @@ load hits them alike):
 - `training_forms`: the same forward traced under `jax.vjp` w.r.t. the input, the VJP dropped, so
   every depthwise conv runs its training form's forward (what `auto` ran before the pairs);
 - `merged` (SLaK only): `inference_form='merged'`, each unit's three branches folded into one KxK
-  kernel (`slak.merge_large_kernels`), as `teacher.inference_form=merged` loads it.
+  kernel (`slak.merge_large_kernels`), as `teacher.inference_form=merged` loads it;
+- `without_depthwise`: `inference` with every depthwise convolution replaced by the identity (its
+  BatchNorm / bias, branch sum and the rest of the block kept), so `depthwise_ms` = inference -
+  without_depthwise is what the depthwise convolutions cost inside the model;
+- `torch_inference` / `torch_without_depthwise` (when torch is installed): benchmarks/kd_step.py's
+  PyTorch teacher (NCHW, no_grad, eval), and the same with every grouped Conv2d replaced by
+  nn.Identity (ConvNeXt's depthwise bias goes with it).
 Medians and minima in ms; `speedup_*` = training_forms / variant, by median.
 """
 from __future__ import annotations
@@ -24,11 +31,46 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from depthwise import use_all_cores  # noqa: E402  (benchmarks/depthwise.py)
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import depthwise as dw  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
 from lkd_jax.models.slak import merge_large_kernels  # noqa: E402
+from lkd_jax.models import layers  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, compiled_forward, time_interleaved  # noqa: E402
+
+try:
+  import torch
+  from kd_step import TORCH_MODELS  # noqa: E402  (benchmarks/kd_step.py: the same PyTorch teachers)
+except ModuleNotFoundError:
+  torch = None
+
+
+def without_depthwise(model, x):
+  """`compiled_forward` with layers.depthwise_conv traced as the identity."""
+  real = layers.depthwise_conv
+  layers.depthwise_conv = lambda x, kernel, impl=None: x
+  try:
+    return compiled_forward(model, x)
+  finally:
+    layers.depthwise_conv = real
+
+
+def torch_forwards(name, x):
+  """Blocking no_grad eval forwards of the PyTorch teacher, as built and without grouped convs."""
+  full, bare = TORCH_MODELS[name]().eval(), TORCH_MODELS[name]().eval()
+  for parent in list(bare.modules()):
+    for child_name, child in parent.named_children():
+      if isinstance(child, torch.nn.Conv2d) and child.groups > 1:
+        setattr(parent, child_name, torch.nn.Identity())
+  xt = torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+
+  def run(m):
+    def f():
+      with torch.no_grad():
+        m(xt)
+    return f
+  return {'torch_inference': run(full), 'torch_without_depthwise': run(bare)}
 
 
 def main(argv=None):
@@ -41,6 +83,7 @@ def main(argv=None):
   add_host_malloc_arg(p)
   a = p.parse_args(argv)
   host_malloc = apply_host_malloc(a.host_malloc)
+  use_all_cores()
   x = jnp.asarray(np.random.default_rng(0).standard_normal((a.batch, a.size, a.size, 3)), jnp.float32)
   rows = []
   for name in a.models.split(','):
@@ -48,15 +91,24 @@ def main(argv=None):
     fns = {'training_forms': compiled_forward(model, x, True), 'inference': compiled_forward(model, x)}
     if name.startswith('slak'):
       fns['merged'] = compiled_forward(merge_large_kernels(model), x)
+    fns['without_depthwise'] = without_depthwise(model, x)
+    if torch is not None and name in TORCH_MODELS:
+      fns |= torch_forwards(name, x)
     times = time_interleaved(fns, a.reps)
     med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
     row = dict(model=name, batch=a.batch, size=a.size, reps=a.reps,
                **{f'{k}_ms': round(v, 1) for k, v in med.items()},
                **{f'{k}_min_ms': round(min(v) * 1e3, 1) for k, v in times.items()},
-               **{f'speedup_{k}': round(med['training_forms'] / v, 3) for k, v in med.items()})
+               **{f'speedup_{k}': round(med['training_forms'] / v, 3) for k, v in med.items()
+                  if not k.startswith('torch')},
+               depthwise_ms=round(med['inference'] - med['without_depthwise'], 1))
+    if 'torch_inference' in med:
+      row |= dict(torch_depthwise_ms=round(med['torch_inference'] - med['torch_without_depthwise'], 1),
+                  ratio_inference=round(med['inference'] / med['torch_inference'], 3))
     rows.append(row)
     print('#', row, file=sys.stderr, flush=True)
   emit(dict(benchmark='teacher_forward', **device_fields(), jax=jax.__version__,
+            torch=None if torch is None else torch.__version__,
             depthwise_impl=dw.get_depthwise_impl(), host_malloc=host_malloc, units='ms per forward (median, and min)',
             cases=rows), a.out, a.json)
 
