@@ -8,6 +8,9 @@ JAX implementation picked by `auto` (plus any --impls), and of torch `nn.Conv2d(
 (PyTorch's default layout and the one SLaK's code uses) and channels_last. JAX and torch take turns
 inside each repetition, so machine load hits both alike, each turn timing its second call
 (benchmarks/timing.py); times are medians in ms. The process runs with --host-malloc (default tuned).
+Kind `slak_unit` is SLaK's large-kernel unit as the model runs it: the Kx5, 5xK and 5x5 convolutions
+of one input summed in one jitted function (one Conv2d each on the PyTorch side), because XLA fuses
+the sum and a conv's speed alone need not be its speed there.
 `ratio` = JAX auto / torch NCHW (the target: <= 1.0); `ratio_vs_best_torch` uses the faster torch layout.
 torch is optional (extra `[torch]`); without it the JAX side runs and the JSON says why torch was skipped.
 """
@@ -35,7 +38,8 @@ except ModuleNotFoundError as e:  # the JAX side still runs.
   TORCH_NOTE = f'torch side skipped: {e} (pip install -e ".[torch]")'
 
 # SLaK-T (width 1.3): stage maps at 224 px and kernels (51, 49, 47, 13) x 5; 'merged' is the eval-mode
-# KxK kernel (branches summed); convnext_7x7 is ConvNeXt-T's kernel at its stage shapes.
+# KxK kernel (branches summed); slak_unit = Kx5 + 5xK + 5x5 on one input, summed; convnext_7x7 is
+# ConvNeXt-T's kernel at its stage shapes.
 STAGES = [(56, 124, 51), (28, 249, 49), (14, 499, 47), (7, 998, 13)]
 CONVNEXT_T_STAGES = [(56, 96), (28, 192), (14, 384), (7, 768)]
 
@@ -43,7 +47,7 @@ CONVNEXT_T_STAGES = [(56, 96), (28, 192), (14, 384), (7, 768)]
 def cases() -> list[dict]:
   out = []
   for s, (hw, c, k) in enumerate(STAGES, 1):
-    for kh, kw, kind in [(k, 5, 'Kx5'), (5, k, '5xK'), (5, 5, '5x5'), (k, k, 'merged')]:
+    for kh, kw, kind in [(k, 5, 'Kx5'), (5, k, '5xK'), (5, 5, '5x5'), (k, k, 'merged'), (k, 5, 'slak_unit')]:
       out.append(dict(stage=s, hw=hw, c=c, kh=kh, kw=kw, kind=kind))
   for s, (hw, c) in enumerate(CONVNEXT_T_STAGES, 1):
     out.append(dict(stage=s, hw=hw, c=c, kh=7, kw=7, kind='convnext_7x7'))
@@ -76,20 +80,37 @@ def add_timer_args(p: argparse.ArgumentParser, max_reps: int) -> None:
   p.add_argument('--max-reps', type=int, default=max_reps)
 
 
-def jax_fns(x, k, impl):
-  fwd = jax.jit(lambda x, k: dw.depthwise_conv(x, k, impl))
-  grad = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.square(dw.depthwise_conv(x, k, impl))), (0, 1)))
-  return (lambda: jax.block_until_ready(fwd(x, k)),
-          lambda: jax.block_until_ready(grad(x, k)))
+def case_kernels(cs: dict) -> list[tuple[int, int]]:
+  """The (kh, kw) of each convolution a case sums: one, or the three of a SLaK unit."""
+  kh, kw = cs['kh'], cs['kw']
+  return [(kh, kw), (kw, kh), (5, 5)] if cs['kind'] == 'slak_unit' else [(kh, kw)]
 
 
-def torch_fns(xn, kern, channels_last: bool):
-  b, c, h, w = xn.shape
-  kh, kw, _ = kern.shape
+def jax_fns(x, ks, impl):
+  """(forward, forward+backward) of the sum of depthwise convs of `x` with each kernel in `ks`."""
+  conv = lambda x, ks: sum(dw.depthwise_conv(x, k, impl) for k in ks)
+  fwd = jax.jit(conv)
+  grad = jax.jit(jax.grad(lambda x, ks: jnp.sum(jnp.square(conv(x, ks))), (0, 1)))
+  return (lambda: jax.block_until_ready(fwd(x, ks)),
+          lambda: jax.block_until_ready(grad(x, ks)))
+
+
+class _Sum(torch.nn.ModuleList if torch is not None else object):
+  def forward(self, x):
+    return sum(m(x) for m in self)
+
+
+def torch_conv(kern: np.ndarray) -> 'torch.nn.Conv2d':
+  """nn.Conv2d(groups=C, padding=k//2, no bias) holding the (kh, kw, C) kernel `kern`."""
+  kh, kw, c = kern.shape
   m = torch.nn.Conv2d(c, c, (kh, kw), padding=(kh // 2, kw // 2), groups=c, bias=False)
   with torch.no_grad():
     m.weight.copy_(torch.from_numpy(np.ascontiguousarray(kern.transpose(2, 0, 1)[:, None])))
-  return torch_module_fns(m, xn, channels_last)
+  return m
+
+
+def torch_fns(xn, kerns, channels_last: bool):
+  return torch_module_fns(_Sum([torch_conv(k) for k in kerns]), xn, channels_last)
 
 
 def torch_module_fns(m, xn, channels_last: bool, grad_x: bool = True):
@@ -116,7 +137,8 @@ def main(argv=None):
   add_output_args(p)
   p.add_argument('--batches', default='1,8')
   p.add_argument('--impls', default='', help='extra JAX impls to time besides auto, comma-separated')
-  p.add_argument('--kinds', default='', help='only these case kinds (Kx5,5xK,5x5,merged,convnext_7x7)')
+  p.add_argument('--kinds', default='',
+                 help='only these case kinds (Kx5,5xK,5x5,merged,slak_unit,convnext_7x7)')
   p.add_argument('--stages', default='', help='only these stages, e.g. 1,3')
   add_timer_args(p, max_reps=15)
   p.add_argument('--check', action='store_true', help='also report max rel. error of auto vs torch')
@@ -135,21 +157,24 @@ def main(argv=None):
     for b in [int(v) for v in a.batches.split(',')]:
       hw, c, kh, kw = cs['hw'], cs['c'], cs['kh'], cs['kw']
       xn = rng.standard_normal((b, hw, hw, c), dtype=np.float32)
-      kn = (rng.standard_normal((kh, kw, c), dtype=np.float32) / np.sqrt(kh * kw)).astype(np.float32)
-      x, k = jnp.asarray(xn), jnp.asarray(kn)
-      auto = dw.pick_auto(x.shape, k.shape)
+      kns = [(rng.standard_normal((i, j, c), dtype=np.float32) / np.sqrt(i * j)).astype(np.float32)
+             for i, j in case_kernels(cs)]
+      x, ks = jnp.asarray(xn), [jnp.asarray(k_) for k_ in kns]
+      # 'auto' itself runs (per conv); the label names what it picked for each.
+      auto = '+'.join(dw.pick_auto(x.shape, k_.shape) for k_ in ks)
       fns = {}
-      for impl in [auto] + [i for i in extra if i != auto]:
-        f, g = jax_fns(x, k, impl)
-        fns[f'jax_{impl}_fwd'], fns[f'jax_{impl}_fwd_bwd'] = f, g
+      for impl in ['auto'] + [i for i in extra if i != auto]:
+        f, g = jax_fns(x, ks, impl)
+        name = auto if impl == 'auto' else impl
+        fns[f'jax_{name}_fwd'], fns[f'jax_{name}_fwd_bwd'] = f, g
       if torch is not None:
         xt = np.ascontiguousarray(xn.transpose(0, 3, 1, 2))
         for cl, tag in [(False, 'nchw'), (True, 'channels_last')]:
-          f, g = torch_fns(xt, kn, cl)
+          f, g = torch_fns(xt, kns, cl)
           fns[f'torch_{tag}_fwd'], fns[f'torch_{tag}_fwd_bwd'] = f, g
       t0 = time.perf_counter()
       res = Timer(fns, a.budget, a.min_reps, a.max_reps).run()
-      row = dict(cs, batch=b, kernel=f'{kh}x{kw}', auto_impl=auto,
+      row = dict(cs, batch=b, kernel='+'.join(f'{i}x{j}' for i, j in case_kernels(cs)), auto_impl=auto,
                  kernel_after_crop=f'{min(kh, 2 * hw - 1)}x{min(kw, 2 * hw - 1)}', **res,
                  wall_s=round(time.perf_counter() - t0, 2))
       row['jax_fwd'], row['jax_fwd_bwd'] = res[f'jax_{auto}_fwd'], res[f'jax_{auto}_fwd_bwd']
@@ -160,11 +185,10 @@ def main(argv=None):
           row[f'ratio_vs_best_torch_{mode}'] = round(row[f'jax_{mode}'] / min(tn, tc), 3)
         row['ratio'] = row['ratio_fwd_bwd']
         if a.check:
-          m = torch.nn.Conv2d(c, c, (kh, kw), padding=(kh // 2, kw // 2), groups=c, bias=False)
           with torch.no_grad():
-            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(kn.transpose(2, 0, 1)[:, None])))
-            yt = m(torch.from_numpy(np.ascontiguousarray(xn.transpose(0, 3, 1, 2)))).numpy()
-          yj = np.asarray(dw.depthwise_conv(x, k, auto)).transpose(0, 3, 1, 2)
+            yt = _Sum([torch_conv(k_) for k_ in kns])(torch.from_numpy(
+                np.ascontiguousarray(xn.transpose(0, 3, 1, 2)))).numpy()
+          yj = np.asarray(sum(dw.depthwise_conv(x, k_) for k_ in ks)).transpose(0, 3, 1, 2)
           row['max_rel_err_vs_torch'] = float(np.abs(yj - yt).max() / np.abs(yt).max())
       rows.append(row)
       print(f"# s{cs['stage']} {hw}x{hw}x{c} {kh}x{kw} b{b} auto={auto}: "

@@ -244,11 +244,12 @@ def pick_auto(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...],
     return 'shift'
   if min(kh, kw) > 7:  # large square (merged) kernels.
     return 'fft'
-  # Kx5 / 5xK. Forward: shift-and-add up to ~70 taps (13x5 on 7x7 maps), else the 1-D FFT along
-  # the long axis. Forward+backward: the banded matmul on maps of 28x28 and smaller, else the 2-D FFT.
-  infer = 'shift' if kh * kw <= 70 else 'fft1d'
+  # Kx5 / 5xK. Forward: the 1-D FFT along the long axis. (Shift-and-add is faster for a lone 13x5
+  # on 7x7 maps, but XLA fuses the shift sums of SLaK's parallel branches into one loop, and past
+  # ~120 taps per loop XLA:CPU's code runs ~3.5x slower per tap: kind slak_unit in depthwise.py.)
+  # Forward+backward: the banded matmul on maps of 28x28 and smaller, else the 2-D FFT.
   train = 'toeplitz' if (h if kh >= kw else w) <= 28 else 'fft'
-  return f'{infer}/{train}'
+  return f'fft1d/{train}'
 
 
 def _half_pads(kernel):
