@@ -1,0 +1,73 @@
+"""The shift depthwise form's kernel gradient: row-block loop vs FFT correlation, in a model's gradient.
+
+    python benchmarks/kernel_grad.py --json --out benchmarks/results/kernel_grad_cpu.json
+
+Variants (lkd_jax/models/depthwise.py, set before each compile): `loop` = the row-block loop for every
+kernel; `auto` = the library's rule (FFT correlation for >= FFT_KERNEL_GRAD_TAPS taps on maps of >=
+FFT_KERNEL_GRAD_ROWS rows); `fft_all_maps` = the FFT for >= FFT_KERNEL_GRAD_TAPS taps on every map.
+Timed: the gradient w.r.t. the parameters of each `--models` entry in train mode at 224 px (loss =
+mean log-softmax of class 0), all variants interleaved (benchmarks/timing.py). Medians and minima in
+ms; `speedup` = loop / each variant, by median. The 7x7 kernels of ConvNeXt are the ones it changes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
+from lkd_jax.models import depthwise as dw  # noqa: E402
+from lkd_jax.models import registry  # noqa: E402
+from timing import add_host_malloc_arg, apply_host_malloc, time_interleaved  # noqa: E402
+
+_RULE = (dw.FFT_KERNEL_GRAD_TAPS, dw.FFT_KERNEL_GRAD_ROWS)
+VARIANTS = {'loop': (10**9, 0), 'auto': _RULE, 'fft_all_maps': (_RULE[0], 0)}
+
+
+def _grad_fn(name: str, batch: int, variant: str):
+  """A blocking call of `name`'s parameter gradient (train mode), compiled under `variant`."""
+  model = registry.create(name, num_classes=1000, seed=0)
+  graph, params, rest = nnx.split(model, nnx.Param, ...)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, 224, 224, 3)), jnp.float32)
+
+  def loss(p):
+    logits, _ = nnx.merge(graph, p, rest)(x, train=True)
+    return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
+  dw.FFT_KERNEL_GRAD_TAPS, dw.FFT_KERNEL_GRAD_ROWS = VARIANTS[variant]
+  fn = jax.jit(jax.grad(loss))
+  jax.block_until_ready(fn(params))  # compiles under `variant`.
+  dw.FFT_KERNEL_GRAD_TAPS, dw.FFT_KERNEL_GRAD_ROWS = _RULE
+  return lambda: jax.block_until_ready(fn(params))
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  add_output_args(p)
+  p.add_argument('--models', default='convnext_t')
+  p.add_argument('--batch', type=int, default=8)
+  p.add_argument('--reps', type=int, default=7)
+  add_host_malloc_arg(p)
+  a = p.parse_args(argv)
+  host_malloc = apply_host_malloc(a.host_malloc)
+  rows = []
+  for name in a.models.split(','):
+    fns = {v: _grad_fn(name, a.batch, v) for v in VARIANTS}
+    times = time_interleaved(fns, a.reps)
+    med = {v: float(np.median(t)) * 1e3 for v, t in times.items()}
+    rows.append(dict(model=name, batch=a.batch, size=224, reps=a.reps,
+                     **{f'{v}_ms': round(m, 1) for v, m in med.items()},
+                     **{f'{v}_min_ms': round(min(t) * 1e3, 1) for v, t in times.items()},
+                     **{f'speedup_{v}': round(med['loop'] / m, 3) for v, m in med.items()}))
+  emit(dict(benchmark='kernel_grad', **device_fields(), jax=jax.__version__, host_malloc=host_malloc,
+            rule=dict(taps=_RULE[0], rows=_RULE[1]), units='ms per gradient (median, and min)',
+            cases=rows), a.out, a.json)
+
+
+if __name__ == '__main__':
+  main()
