@@ -3,8 +3,7 @@
     python benchmarks/kernel_grad.py --json --out benchmarks/results/kernel_grad_cpu.json
 
 Variants (lkd_jax/models/depthwise.py, set before each compile): `loop` = the row-block loop for every
-kernel; `auto` = the library's rule (FFT correlation for >= FFT_KERNEL_GRAD_TAPS taps on maps of >=
-FFT_KERNEL_GRAD_ROWS rows); `fft_all_maps` = the FFT for >= FFT_KERNEL_GRAD_TAPS taps on every map.
+kernel; `auto` = the library's rule (the FFT correlation for >= FFT_KERNEL_GRAD_TAPS taps).
 Timed: the gradient w.r.t. the parameters of each `--models` entry in train mode at 224 px (loss =
 mean log-softmax of class 0), all variants interleaved (benchmarks/timing.py). Medians and minima in
 ms; `speedup` = loop / each variant, by median. The 7x7 kernels of ConvNeXt are the ones it changes.
@@ -26,8 +25,7 @@ from lkd_jax.models import depthwise as dw  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, time_interleaved  # noqa: E402
 
-_RULE = (dw.FFT_KERNEL_GRAD_TAPS, dw.FFT_KERNEL_GRAD_ROWS)
-VARIANTS = {'loop': (10**9, 0), 'auto': _RULE, 'fft_all_maps': (_RULE[0], 0)}
+VARIANTS = {'loop': 10**9, 'auto': dw.FFT_KERNEL_GRAD_TAPS}
 
 
 def _grad_fn(name: str, batch: int, variant: str):
@@ -39,10 +37,10 @@ def _grad_fn(name: str, batch: int, variant: str):
   def loss(p):
     logits, _ = nnx.merge(graph, p, rest)(x, train=True)
     return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
-  dw.FFT_KERNEL_GRAD_TAPS, dw.FFT_KERNEL_GRAD_ROWS = VARIANTS[variant]
+  rule, dw.FFT_KERNEL_GRAD_TAPS = dw.FFT_KERNEL_GRAD_TAPS, VARIANTS[variant]
   fn = jax.jit(jax.grad(loss))
   jax.block_until_ready(fn(params))  # compiles under `variant`.
-  dw.FFT_KERNEL_GRAD_TAPS, dw.FFT_KERNEL_GRAD_ROWS = _RULE
+  dw.FFT_KERNEL_GRAD_TAPS = rule
   return lambda: jax.block_until_ready(fn(params))
 
 
@@ -65,7 +63,7 @@ def main(argv=None):
                      **{f'{v}_min_ms': round(min(t) * 1e3, 1) for v, t in times.items()},
                      **{f'speedup_{v}': round(med['loop'] / m, 3) for v, m in med.items()}))
   emit(dict(benchmark='kernel_grad', **device_fields(), jax=jax.__version__, host_malloc=host_malloc,
-            rule=dict(taps=_RULE[0], rows=_RULE[1]), units='ms per gradient (median, and min)',
+            fft_kernel_grad_taps=VARIANTS['auto'], units='ms per gradient (median, and min)',
             cases=rows), a.out, a.json)
 
 

@@ -8,8 +8,7 @@ and the same gradients up to float rounding:
   slower than PyTorch on XLA:CPU for large kernels.
 - `shift`: sum of kh*kw shifted, channel-scaled slices (unrolled), with a custom VJP: the input
   gradient in the same form; the kernel gradient a loop over cache-sized row blocks, or for 49+ taps
-  on maps of more than 8 rows one FFT correlation summed over the batch in the spectrum. Best on CPU
-  for small kernels.
+  one FFT correlation summed over the batch in the spectrum. Best on CPU for small kernels.
 - `fft`: rfft2 product over a grid of H+kh-1 x W+kw-1 (rounded up to a fast size). Best on CPU for
   Kx5 / 5xK forward+backward on 56x56 maps and for large square (merged 51x51) kernels.
 - `fft1d`: for a rectangular kernel, an rfft along the long axis only, the short-axis taps as
@@ -110,15 +109,14 @@ def _shift_kernel_grad(x, g, kernel_shape, pad_h, pad_w):
   return jax.lax.fori_loop(0, b * blocks, body, jnp.zeros(kernel_shape, jnp.float32))
 
 
-# The shift form's kernel gradient is an FFT correlation (`_fft_kernel_grad`) from this many taps on,
-# on maps of at least this many rows: a map of <= 8 rows is one block of the loop, one pass per image.
-FFT_KERNEL_GRAD_TAPS, FFT_KERNEL_GRAD_ROWS = 49, 9
+# The shift form's kernel gradient is an FFT correlation (`_fft_kernel_grad`) from this many taps on.
+FFT_KERNEL_GRAD_TAPS = 49
 
 
 def _fft_kernel_grad(x, g, kernel_shape, pad_h, pad_w):
   """dL/dkernel as one FFT correlation of the padded input with g, summed over the batch in the
-  spectrum (only C inverse transforms). ConvNeXt-T's gradient at batch 8 is ~12% faster with it for
-  its 7x7 kernels on 14-56 px maps (README, Performance: depthwise kernel gradient)."""
+  spectrum (only C inverse transforms). ConvNeXt-T's gradient at batch 8 is 6-16% faster with it for
+  its 7x7 kernels (benchmarks/kernel_grad.py; README, Performance)."""
   kh, kw, _ = kernel_shape
   _, h, w, _ = x.shape
   xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
@@ -145,8 +143,8 @@ def _shift_bwd(pad_h, pad_w, res, g):
   # The input gradient is the correlation of g with the flipped kernel, pads swapped.
   gx = _shift_sum(g, kernel[::-1, ::-1], pad_h[::-1], pad_w[::-1])
   kh, kw, _ = kernel.shape
-  use_fft = kh * kw >= FFT_KERNEL_GRAD_TAPS and x.shape[1] >= FFT_KERNEL_GRAD_ROWS
-  gk = (_fft_kernel_grad if use_fft else _shift_kernel_grad)(x, g, kernel.shape, pad_h, pad_w)
+  kernel_grad = _fft_kernel_grad if kh * kw >= FFT_KERNEL_GRAD_TAPS else _shift_kernel_grad
+  gk = kernel_grad(x, g, kernel.shape, pad_h, pad_w)
   return gx, gk.astype(kernel.dtype)
 
 

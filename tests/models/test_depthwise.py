@@ -10,7 +10,7 @@ from lkd_jax.models import layers
 # Single forms, and forward/backward pairs as `auto` picks them.
 IMPLS = ['xla', 'shift', 'fft', 'fft1d', 'toeplitz', 'fft1d/toeplitz', 'shift/fft']
 # (x shape, kernel hw): square/rectangular, kernels longer than 2H-1 (cropped), 1-wide, 1x1; batch-2
-# 7x7 and 5x11 take the shift form's FFT kernel gradient (>= 49 taps, > 8 rows).
+# 7x7 and 5x11 take the shift form's FFT kernel gradient (>= 49 taps).
 CASES = [((1, 12, 10, 3), (5, 5)), ((2, 8, 7, 3), (7, 3)), ((1, 8, 7, 2), (3, 9)),
          ((2, 9, 6, 3), (7, 7)), ((2, 10, 9, 2), (5, 11)),
          ((1, 4, 3, 2), (11, 3)), ((1, 3, 4, 2), (3, 11)), ((1, 4, 4, 2), (13, 13)),
