@@ -17,31 +17,24 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import depthwise as dw  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
-from timing import add_host_malloc_arg, apply_host_malloc, time_interleaved  # noqa: E402
+from timing import add_host_malloc_arg, apply_host_malloc, compiled_train_grad, time_interleaved  # noqa: E402
 
 VARIANTS = {'loop': 10**9, 'auto': dw.FFT_KERNEL_GRAD_TAPS}
 
 
 def _grad_fn(name: str, batch: int, variant: str):
   """A blocking call of `name`'s parameter gradient (train mode), compiled under `variant`."""
-  model = registry.create(name, num_classes=1000, seed=0)
-  graph, params, rest = nnx.split(model, nnx.Param, ...)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, 224, 224, 3)), jnp.float32)
-
-  def loss(p):
-    logits, _ = nnx.merge(graph, p, rest)(x, train=True)
-    return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
   rule, dw.FFT_KERNEL_GRAD_TAPS = dw.FFT_KERNEL_GRAD_TAPS, VARIANTS[variant]
-  fn = jax.jit(jax.grad(loss))
-  jax.block_until_ready(fn(params))  # compiles under `variant`.
-  dw.FFT_KERNEL_GRAD_TAPS = rule
-  return lambda: jax.block_until_ready(fn(params))
+  try:
+    return compiled_train_grad(registry.create(name, num_classes=1000, seed=0), x)
+  finally:
+    dw.FFT_KERNEL_GRAD_TAPS = rule
 
 
 def main(argv=None):

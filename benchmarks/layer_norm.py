@@ -1,11 +1,13 @@
 """LayerNorm statistics as reductions (nnx) vs mat-vec products, in the teachers' eval forward.
 
     python benchmarks/layer_norm.py --json --out benchmarks/results/layer_norm_cpu.json
+    python benchmarks/layer_norm.py --json --train --models convnext_t --impls dot,reduce,dot/reduce
 
 Cases, each compiled once per `--impls` entry and timed interleaved (benchmarks/timing.py: every
 repetition gives every variant a turn, so machine load hits them alike): `dw7x7_ln` = a ConvNeXt block's 7x7 depthwise conv
 (depthwise `auto`) + LayerNorm at stage-1 shape, and the whole eval forward of each `--models`
-entry at 224 px. Medians and minima in ms; `speedup` = first impl / each impl, by median.
+entry at 224 px (with --train: the gradient w.r.t. its parameters in train mode instead, as a
+student's step computes it). Medians and minima in ms; `speedup` = first impl / each impl, by median.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from flax import nnx
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import layers, registry  # noqa: E402
-from timing import add_host_malloc_arg, apply_host_malloc, compiled_forward, time_interleaved  # noqa: E402
+from timing import (add_host_malloc_arg, apply_host_malloc, compiled_forward, compiled_train_grad,  # noqa: E402
+                    time_interleaved)
 
 
 def _dw_ln_case(batch: int, impl: str):
@@ -37,11 +40,12 @@ def _dw_ln_case(batch: int, impl: str):
   return lambda: jax.block_until_ready(fn(state, x, k))
 
 
-def _model_case(name: str, batch: int, impl: str):
-  """A blocking call of zoo model `name`'s eval forward, compiled under LayerNorm `impl`."""
+def _model_case(name: str, batch: int, impl: str, train: bool):
+  """A blocking call of zoo model `name`'s eval forward (or train gradient), compiled under LayerNorm `impl`."""
   x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, 224, 224, 3)), jnp.float32)
   layers.set_layer_norm_impl(impl)
-  return compiled_forward(registry.create(name, num_classes=1000, seed=0), x)
+  return (compiled_train_grad if train else compiled_forward)(
+      registry.create(name, num_classes=1000, seed=0), x)
 
 
 def main(argv=None):
@@ -51,14 +55,15 @@ def main(argv=None):
   p.add_argument('--models', default='convnext_t,slak_t')
   p.add_argument('--impls', default='reduce,dot', help='LayerNorm impls; the first is the baseline')
   p.add_argument('--reps', type=int, default=7)
+  p.add_argument('--train', action='store_true', help='time model gradients (train mode), not forwards')
   add_host_malloc_arg(p)
   a = p.parse_args(argv)
   host_malloc = apply_host_malloc(a.host_malloc)
   impls = a.impls.split(',')
   rows = []
-  for case in ['dw7x7_ln'] + [m for m in a.models.split(',') if m]:
+  for case in ([] if a.train else ['dw7x7_ln']) + [m for m in a.models.split(',') if m]:
     fns = {impl: (_dw_ln_case(a.batch, impl) if case == 'dw7x7_ln' else
-                  _model_case(case, a.batch, impl)) for impl in impls}
+                  _model_case(case, a.batch, impl, a.train)) for impl in impls}
     times = time_interleaved(fns, a.reps)
     med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
     row = dict(case=case, batch=a.batch, reps=a.reps,
@@ -68,7 +73,7 @@ def main(argv=None):
     rows.append(row)
     print('#', row, file=sys.stderr, flush=True)
   layers.set_layer_norm_impl('auto')
-  emit(dict(benchmark='layer_norm', **device_fields(), jax=jax.__version__, impls=impls,
+  emit(dict(benchmark='layer_norm', **device_fields(), jax=jax.__version__, impls=impls, train=a.train,
             host_malloc=host_malloc,
             units='ms per call (median, and min)', cases=rows), a.out, a.json)
 

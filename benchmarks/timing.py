@@ -7,6 +7,7 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -46,6 +47,19 @@ def compiled_forward(model: nnx.Module, x: jax.Array, under_vjp: bool = False) -
   fn = jax.jit((lambda s, x: jax.vjp(lambda x: fwd(s, x), x)[0]) if under_vjp else fwd)
   jax.block_until_ready(fn(state, x))
   return lambda: jax.block_until_ready(fn(state, x))
+
+
+def compiled_train_grad(model: nnx.Module, x: jax.Array) -> Callable[[], Any]:
+  """A blocking call of the jitted gradient w.r.t. `model`'s parameters in train mode (loss = mean
+  log-softmax of class 0), compiled now (under the impl switches set now)."""
+  graph, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(p):
+    logits, _ = nnx.merge(graph, p, rest)(x, train=True)
+    return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
+  fn = jax.jit(jax.grad(loss))
+  jax.block_until_ready(fn(params))
+  return lambda: jax.block_until_ready(fn(params))
 
 
 def medians(times: dict[str, list[float]], scale: float = 1.0) -> dict[str, float]:

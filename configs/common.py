@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.depthwise_impl = 'auto'
   c.conv_impl = 'auto'         # dense convs: 'auto' (matmul forms on CPU, XLA conv elsewhere), 'xla', 'matmul'.
-  c.layer_norm_impl = 'auto'   # LayerNorm statistics: 'auto' (mat-vec on CPU, reductions elsewhere), 'reduce', 'dot'.
+  c.layer_norm_impl = 'auto'   # LayerNorm statistics: 'auto' ('dot/reduce' on CPU, else 'reduce'), 'reduce', 'dot', 'dot/reduce'.
   c.host_malloc = 'auto'       # glibc malloc kept warm for XLA:CPU (lkd_jax/host_malloc.py): 'auto' (CPU runs), 'tuned', 'system'.
   c.ema_decay = 0.0            # > 0 keeps an EMA of the student (paper: 0.9999) and evaluates it too.
   c.model = ml_collections.ConfigDict({'name': 'resnet50', 'kwargs': {}})

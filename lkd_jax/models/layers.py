@@ -86,8 +86,8 @@ class DropPath(nnx.Module):
     return x * mask.astype(x.dtype) / keep
 
 
-LAYER_NORM_IMPLS = ('auto', 'reduce', 'dot')
-_LN_SWITCH = ImplSwitch('layer_norm', LAYER_NORM_IMPLS, auto=('dot', 'reduce'))
+LAYER_NORM_IMPLS = ('auto', 'reduce', 'dot', 'dot/reduce')
+_LN_SWITCH = ImplSwitch('layer_norm', LAYER_NORM_IMPLS, auto=('dot/reduce', 'reduce'))
 set_layer_norm_impl, get_layer_norm_impl = _LN_SWITCH.set, _LN_SWITCH.get
 
 
@@ -99,13 +99,32 @@ def _dot_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   return mean, jnp.maximum(mean2 - mean * mean, 0.0)
 
 
+def _reduce_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The same statistics as reductions over the last axis."""
+  mean = jnp.mean(x, -1, keepdims=True)
+  return mean, jnp.maximum(jnp.mean(x * x, -1, keepdims=True) - mean * mean, 0.0)
+
+
+@jax.custom_vjp
+def _dot_reduce_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`dot` statistics where no gradient flows (a frozen teacher); `reduce`'s forward and backward
+  where one does (the transpose of the mat-vec is a K=1 matmul: ConvNeXt-T's train gradient was 5-7%
+  slower with it; README, Performance)."""
+  return _dot_stats(x)
+
+
+_dot_reduce_stats.defvjp(lambda x: jax.vjp(_reduce_stats, x), lambda vjp, g: vjp(g))
+_STATS = {'dot': _dot_stats, 'dot/reduce': _dot_reduce_stats}
+
+
 class LayerNorm(nnx.LayerNorm):
   """nnx.LayerNorm over the last axis (same parameters) whose statistics can be mat-vec products.
 
-  `dot` (auto on CPU): XLA:CPU hands a reduction to YNNPACK together with the elementwise ops that
-  produce its input, materialising each of them: a 7x7 shift-and-add depthwise conv followed by
-  LayerNorm takes 23 ms instead of 9 ms (batch 8, 56x56x96; benchmarks/layer_norm.py). A dot
-  keeps its producers in XLA's own fused loop. `reduce` is nnx's implementation (auto on GPU/TPU).
+  `dot`: XLA:CPU hands a reduction to YNNPACK together with the elementwise ops that produce its
+  input, materialising each of them: a 7x7 shift-and-add depthwise conv followed by LayerNorm takes
+  23 ms instead of 9 ms (batch 8, 56x56x96; benchmarks/layer_norm.py). A dot keeps its producers in
+  XLA's own fused loop. `reduce` is nnx's implementation (auto on GPU/TPU). `dot/reduce` (auto on
+  CPU): `dot` without gradients, `reduce` statistics when differentiated.
   """
 
   def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
@@ -113,7 +132,7 @@ class LayerNorm(nnx.LayerNorm):
     if impl == 'reduce' or mask is not None or self.reduction_axes not in (-1, (-1,)):
       return super().__call__(x, mask=mask)
     x, scale, bias = self.promote_dtype((x, self.scale[...], self.bias[...]), dtype=self.dtype)
-    mean, var = _dot_stats(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
+    mean, var = _STATS[impl](x.astype(jnp.promote_types(x.dtype, jnp.float32)))
     y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
     return y.astype(self.dtype or jnp.result_type(x, scale, bias))
 
