@@ -87,8 +87,10 @@ def case_kernels(cs: dict) -> list[tuple[int, int]]:
 
 
 def jax_fns(x, ks, impl):
-  """(forward, forward+backward) of the sum of depthwise convs of `x` with each kernel in `ks`."""
-  conv = lambda x, ks: sum(dw.depthwise_conv(x, k, impl) for k in ks)
+  """(forward, forward+backward) of the sum of depthwise convs of `x` with each kernel in `ks`;
+  `impl` is one impl for all, or one per kernel joined by '+' (as the `auto` label names them)."""
+  impls = impl.split('+') if '+' in impl else [impl] * len(ks)
+  conv = lambda x, ks: sum(dw.depthwise_conv(x, k, i) for k, i in zip(ks, impls, strict=True))
   fwd = jax.jit(conv)
   grad = jax.jit(jax.grad(lambda x, ks: jnp.sum(jnp.square(conv(x, ks))), (0, 1)))
   return (lambda: jax.block_until_ready(fwd(x, ks)),
@@ -136,7 +138,9 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   add_output_args(p)
   p.add_argument('--batches', default='1,8')
-  p.add_argument('--impls', default='', help='extra JAX impls to time besides auto, comma-separated')
+  p.add_argument('--impls', default='',
+                 help="extra JAX impls to time besides auto, comma-separated; for slak_unit one per "
+                 "conv may be joined by '+', e.g. fft1d/toeplitz+fft1d/toeplitz+shift")
   p.add_argument('--kinds', default='',
                  help='only these case kinds (Kx5,5xK,5x5,merged,slak_unit,convnext_7x7)')
   p.add_argument('--stages', default='', help='only these stages, e.g. 1,3')

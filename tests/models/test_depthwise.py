@@ -8,7 +8,8 @@ from lkd_jax.models import depthwise as dw
 from lkd_jax.models import layers
 
 # Single forms, and forward/backward pairs as `auto` picks them.
-IMPLS = ['xla', 'shift', 'fft', 'fft1d', 'toeplitz', 'fft1d/toeplitz', 'shift/fft']
+IMPLS = ['xla', 'shift', 'fft', 'fft1d', 'toeplitz', 'toeplitz_cm', 'fft1d/toeplitz', 'shift/fft',
+         'toeplitz_cm/toeplitz']
 # (x shape, kernel hw): square/rectangular, kernels longer than 2H-1 (cropped), 1-wide, 1x1; batch-2
 # 7x7 and 5x11 take the shift form's FFT kernel gradient (>= 49 taps).
 CASES = [((1, 12, 10, 3), (5, 5)), ((2, 8, 7, 3), (7, 3)), ((1, 8, 7, 2), (3, 9)),
@@ -47,6 +48,15 @@ def test_output_and_grads_match_grouped_conv(impl, shape, ks):
   assert _rel(y, ry) <= 1e-4 and _rel(gx, rx) <= 1e-4 and _rel(gk, rk) <= 1e-4
 
 
+@pytest.mark.parametrize('ks', [(7, 3), (3, 9)])
+def test_toeplitz_cm_runs_batch_chunks(monkeypatch, ks):
+  monkeypatch.setattr(dw, 'TOEPLITZ_CM_CHUNK', 2)  # batch 5: a loop over 2 chunks, then 1 image.
+  x, k = _data((5, 6, 7, 3), ks)
+  f = jax.jit(lambda x: dw.depthwise_conv(x, k, 'toeplitz_cm'))
+  assert 'scan' in str(jax.make_jaxpr(f)(x))
+  assert _rel(f(x), _ref(x, k)) <= 1e-5
+
+
 def test_crop_keeps_only_taps_that_see_the_map():
   k = jnp.ones((47, 5, 2))
   cropped, ph, pw = dw.crop_kernel(k, 14, 14)
@@ -69,6 +79,9 @@ def test_auto_rules_and_setter():
   assert dw.pick_auto((1, 14, 14, 8), (47, 5, 8), 'cpu') == 'fft1d/toeplitz'
   assert dw.pick_auto((1, 7, 7, 8), (5, 13, 8), 'cpu') == 'fft1d/toeplitz'  # not shift: slak_unit
   assert dw.pick_auto((1, 56, 56, 8), (51, 51, 8), 'cpu') == 'fft'
+  assert dw.pick_auto((8, 14, 14, 8), (47, 5, 8), 'cpu') == 'toeplitz_cm/toeplitz'
+  assert dw.pick_auto((32, 7, 7, 8), (5, 13, 8), 'cpu') == 'toeplitz_cm/toeplitz'
+  assert dw.pick_auto((8, 56, 56, 8), (51, 5, 8), 'cpu') == 'fft1d/fft'
   x, k = _data((1, 6, 5, 2), (3, 3))
   try:
     layers.set_depthwise_impl('fft')
