@@ -172,13 +172,20 @@ def _fft(x, kernel, pad_h, pad_w):
   return full[:, oh:oh + h, ow:ow + w, :].astype(x.dtype)
 
 
-def _fft1d(x, kernel, pad_h, pad_w):
+def _long_axis_h(form_h: Callable, x, kernel, pad_h, pad_w):
+  """`form_h`, written for kernels at least as tall as wide, for any rectangular kernel: a wider
+  one runs on the H/W-transposed input and kernel."""
+  kh, kw, _ = kernel.shape
+  if kh >= kw:
+    return form_h(x, kernel, pad_h, pad_w)
+  y = form_h(jnp.swapaxes(x, 1, 2), jnp.swapaxes(kernel, 0, 1), pad_w, pad_h)
+  return jnp.swapaxes(y, 1, 2)
+
+
+def _fft1d_h(x, kernel, pad_h, pad_w):
   """Rectangular kernel: rfft along the long axis only; the short axis's taps become shifted
   products of the spectra (a shift along W commutes with an FFT along H)."""
   kh, kw, _ = kernel.shape
-  if kh < kw:
-    y = _fft1d(jnp.swapaxes(x, 1, 2), jnp.swapaxes(kernel, 0, 1), pad_w, pad_h)
-    return jnp.swapaxes(y, 1, 2)
   _, h, w, _ = x.shape
   n = _fft_size(h + kh - 1)
   kf = jnp.fft.rfft(kernel[::-1], n=n, axis=0)  # flipped along H: correlation as convolution.
@@ -215,17 +222,6 @@ def _toeplitz_h(x, kernel, pad_h, pad_w):
   return jnp.einsum('oijc,biwjc->bowc', mats, xs, precision=jax.lax.Precision.HIGHEST)
 
 
-def _toeplitz_w(x, kernel, pad_h, pad_w):
-  """Long axis = W: y = sum_i T_i (along W) @ x shifted by i along H."""
-  y = _toeplitz_h(jnp.swapaxes(x, 1, 2), jnp.swapaxes(kernel, 0, 1), pad_w, pad_h)
-  return jnp.swapaxes(y, 1, 2)
-
-
-def _toeplitz(x, kernel, pad_h, pad_w):
-  kh, kw, _ = kernel.shape
-  return (_toeplitz_h if kh >= kw else _toeplitz_w)(x, kernel, pad_h, pad_w)
-
-
 def _toeplitz_cm_h(x, kernel, pad_h, pad_w):
   """`_toeplitz_h` as one (H, kw*H) @ (kw*H, B*W) matmul per channel, the channel axis moved first.
 
@@ -247,12 +243,7 @@ TOEPLITZ_CM_CHUNK = 8
 
 
 def _toeplitz_cm(x, kernel, pad_h, pad_w):
-  kh, kw, _ = kernel.shape
-  if kh >= kw:
-    one = lambda x: _toeplitz_cm_h(x, kernel, pad_h, pad_w)
-  else:
-    one = lambda x: jnp.swapaxes(
-        _toeplitz_cm_h(jnp.swapaxes(x, 1, 2), jnp.swapaxes(kernel, 0, 1), pad_w, pad_h), 1, 2)
+  one = lambda x: _long_axis_h(_toeplitz_cm_h, x, kernel, pad_h, pad_w)
   b = x.shape[0]
   if b <= TOEPLITZ_CM_CHUNK:
     return one(x)
@@ -264,8 +255,9 @@ def _toeplitz_cm(x, kernel, pad_h, pad_w):
   return head if n == b else jnp.concatenate([head, one(x[n:])])
 
 
-_IMPLS: dict[str, Callable] = {'xla': _xla, 'shift': _shift, 'fft': _fft, 'fft1d': _fft1d,
-                               'toeplitz': _toeplitz, 'toeplitz_cm': _toeplitz_cm}
+_IMPLS: dict[str, Callable] = {
+    'xla': _xla, 'shift': _shift, 'fft': _fft, 'fft1d': functools.partial(_long_axis_h, _fft1d_h),
+    'toeplitz': functools.partial(_long_axis_h, _toeplitz_h), 'toeplitz_cm': _toeplitz_cm}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
