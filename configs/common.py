@@ -54,7 +54,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict({'name': 'resnet50', 'kwargs': {}})
   c.teacher = ml_collections.ConfigDict(
       {'name': '', 'checkpoint': '', 'dtype': 'float32', 'kwargs': {},
-       # 'merged': SLaK teachers run each large-kernel unit as one BN-folded KxK kernel + bias.
+       # SLaK teachers (lkd_jax/models/slak.py INFERENCE_FORMS): 'branches' (the reference's), 'merged'
+       # (one BN-folded KxK kernel + bias per unit), 'merged_decom' (BN-folded KxN + NxK kernels + bias).
        'inference_form': 'branches'})
   c.optim = ml_collections.ConfigDict(dict(
       lr=4e-3, min_lr=1e-6, warmup_steps=0, warmup_epochs=0.0, warmup_init_lr=0.0, weight_decay=0.05, b1=0.9,

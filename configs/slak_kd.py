@@ -26,7 +26,10 @@ Arguments (after the path, `k=v,k=v`):
   method        kd | nkd | nkd_lkkd | fd | fd+kd | fd+nkd | fd+nkd_lkkd | dkd | dist | ce (ce: no teacher)
   epochs        120 | 300 (any number); steps > 0 overrides it (smoke runs)
   teacher_ckpt  .pth | .npz | .safetensors | converted dir | lkd_jax run dir
-  teacher_form  branches | merged (SLaK: one BN-folded KxK kernel per large-kernel unit)
+  teacher_form  merged_decom | merged | branches: a SLaK teacher's eval form (default merged_decom for
+                slak_* teachers: BN and the 5x5 branch folded into the Kx5 / 5xK kernels, same logits
+                within float rounding, faster: README Performance; merged: one KxK kernel per
+                unit; branches: the reference's three conv+BN branches, the only form for others)
   eff_batch     effective batch (0: the paper's for the student); batch: per-step global batch
                 (0: = eff_batch); eff_batch / batch gradient-accumulation steps
   dataset, data_dir, image_size; mock > 0: that many tfds.testing.mock_data examples (tests)
@@ -53,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The distillation run config; see the module docstring for the arguments."""
   a = common.parse_arg(
       arg, teacher='slak_t', student='resnet50', method='nkd_lkkd', epochs=120.0, steps=0,
-      teacher_ckpt='', teacher_form='branches', teacher_dtype='bfloat16', eff_batch=0, batch=0,
+      teacher_ckpt='', teacher_form='', teacher_dtype='bfloat16', eff_batch=0, batch=0,
       lr=4e-3, warmup_epochs=20.0, drop_path=-1.0, ema=0.9999, seed=0, dataset='imagenet2012',
       data_dir='', image_size=224, mock=0, eval_every_epochs=1.0)
   recipe = _student_recipe(a.student)
@@ -78,7 +81,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict({'name': a.student,
                                        'kwargs': {'drop_path_rate': drop_path}})
   c.teacher.update(name='' if a.method == 'ce' else a.teacher, checkpoint=a.teacher_ckpt,
-                   dtype=a.teacher_dtype, inference_form=a.teacher_form)
+                   dtype=a.teacher_dtype, inference_form=a.teacher_form or (
+                       'merged_decom' if a.teacher.startswith('slak') else 'branches'))
   c.optim.update(lr=a.lr, min_lr=1e-6, warmup_epochs=a.warmup_epochs, weight_decay=0.05,
                  grad_clip=0.0, grad_accum_steps=eff_batch // batch)
   c.data.update(source='tfds', name=a.dataset, data_dir=a.data_dir, image_size=a.image_size,

@@ -82,9 +82,7 @@ def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[A
   form = config.teacher.inference_form
   if (epath.Path(path) / 'config.json').exists() and checkpoints.latest_step(
       os.path.join(path, 'checkpoints')) is not None:
-    teacher = load_run_model(path)
-    if form == 'merged':
-      teacher = merge_large_kernels(teacher)
+    teacher = merge_large_kernels(load_run_model(path), form)
   else:
     from lkd_jax import convert
     teacher = convert.load_teacher(path, config.teacher.name, num_classes, inference_form=form,

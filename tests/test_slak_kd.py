@@ -27,6 +27,9 @@ def test_recipe_per_student_and_argument_errors():
   assert slak_kd.get_config('student=convnext_s_bn').optim.grad_accum_steps == 1
   assert slak_kd.get_config('student=convnext_s_bn,batch=512').optim.grad_accum_steps == 8  # 4096
   assert slak_kd.get_config('method=ce').teacher.name == ''
+  assert r.teacher.inference_form == 'merged_decom'  # SLaK teachers: BN-folded KxN + NxK kernels.
+  assert slak_kd.get_config('teacher=swin_t').teacher.inference_form == 'branches'
+  assert slak_kd.get_config('teacher_form=merged').teacher.inference_form == 'merged'
   with pytest.raises(ValueError, match='multiple of batch'):
     slak_kd.get_config('eff_batch=1000,batch=300')
 

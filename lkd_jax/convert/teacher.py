@@ -12,7 +12,7 @@ from flax import nnx
 from lkd_jax.convert.readers import read_checkpoint, unwrap
 from lkd_jax.convert.rules import convert_into, dotted, variables_of
 from lkd_jax.models import create
-from lkd_jax.models.slak import ReparamLargeKernelConv, merge_large_kernels
+from lkd_jax.models.slak import INFERENCE_FORMS, ReparamLargeKernelConv, merge_large_kernels
 
 VARIABLES_FILE = 'variables.npz'
 META_FILE = 'model.json'
@@ -56,21 +56,20 @@ def load_teacher(path: str, model_name: str, num_classes: int, *, inference_form
                  key: str | None = None, allow_pickle: bool = False, **model_kw: Any) -> nnx.Module:
   """Builds `model_name` and loads a .pth/.npz/.safetensors checkpoint or a CLI output directory.
 
-  `inference_form='merged'` (SLaK family only) folds each large-kernel unit's BatchNorms and branches
-  into one KxK kernel + bias after loading; the eval output is unchanged.
+  `inference_form='merged'` / `'merged_decom'` (SLaK family only) folds each large-kernel unit's
+  BatchNorms and branches into one KxK kernel / a KxN and an NxK kernel, + bias, after loading
+  (slak.INFERENCE_FORMS); the eval output is unchanged.
   """
-  if inference_form not in ('branches', 'merged'):
-    raise ValueError(f'inference_form must be "branches" or "merged", got {inference_form!r}.')
+  if inference_form not in INFERENCE_FORMS:
+    raise ValueError(f'inference_form must be one of {INFERENCE_FORMS}, got {inference_form!r}.')
   model = abstract_model(model_name, num_classes, **model_kw)
-  if inference_form == 'merged' and not any(
+  if inference_form != 'branches' and not any(
       isinstance(m, ReparamLargeKernelConv) for _, m in nnx.iter_modules(model)):
-    raise ValueError(f'inference_form="merged" needs a SLaK-family model; {model_name} has no '
+    raise ValueError(f'inference_form={inference_form!r} needs a SLaK-family model; {model_name} has no '
                      'large-kernel units.')
   src = Path(path)
   if src.is_dir():
     model = _load_dir(model, src, model_name)
   else:
     model = convert_into(model, unwrap(read_checkpoint(src, allow_pickle=allow_pickle), key))
-  if inference_form == 'merged':
-    model = merge_large_kernels(model)
-  return model
+  return merge_large_kernels(model, inference_form)

@@ -17,8 +17,10 @@ from lkd_jax.models.registry import register
 
 LN_EPS = 1e-6
 # 'branches': the reference's parallel conv+BN branches (trainable); 'merged': one BN-folded KxK kernel + bias
-# per unit (eval only, for a frozen teacher). Same eval output within float rounding.
-INFERENCE_FORMS = ('branches', 'merged')
+# per unit; 'merged_decom': a decomposed unit's BN-folded KxN and NxK kernels, the NxN branch folded into the
+# KxN one, + one bias (KxK when not decomposed). Both eval only (a frozen teacher); same eval output within
+# float rounding.
+INFERENCE_FORMS = ('branches', 'merged', 'merged_decom')
 
 
 class ConvBN(nnx.Module):
@@ -58,17 +60,36 @@ class ReparamLargeKernelConv(nnx.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     return sum(b(x, train) for b in self.branches())
 
+  def merged_kernels(self, decom: bool) -> tuple[list[jax.Array], jax.Array]:
+    """Eval-mode kernels (kh, kw, C) and one bias equal to the sum of the BN-fused branches.
+
+    decom=False: one KxK kernel. decom=True (decomposed units): the KxN and NxK kernels, each other
+    branch (the NxN one) zero-padded, centre-aligned, into the first kernel that contains it.
+    """
+    fused = [b.fused() for b in self.branches()]
+    if not (decom and self.decom):
+      size = max(max(k.shape[:2]) for k, _ in fused)
+      fused = [(_pad_to(k, (size, size)), c) for k, c in fused]
+    kernels: list[jax.Array] = []
+    for k, _ in fused:
+      into = next((i for i, t in enumerate(kernels) if all(a >= b for a, b in zip(t.shape, k.shape))),
+                  None)
+      if into is None:
+        kernels.append(k)
+      else:
+        kernels[into] = kernels[into] + _pad_to(k, kernels[into].shape[:2])
+    return kernels, sum(c for _, c in fused)
+
   def merged_kernel(self) -> tuple[jax.Array, jax.Array]:
     """One KxK kernel + bias equal to the eval-mode sum of the BN-fused branches (centre-aligned)."""
-    size = max(max(b.conv.kernel.shape[:2]) for b in self.branches())
-    total, bias = None, 0.0
-    for b in self.branches():
-      k, c = b.fused()
-      ph, pw = (size - k.shape[0]) // 2, (size - k.shape[1]) // 2
-      k = jnp.pad(k, ((ph, ph), (pw, pw), (0, 0)))
-      total = k if total is None else total + k
-      bias = bias + c
-    return total, bias
+    (kernel,), bias = self.merged_kernels(decom=False)
+    return kernel, bias
+
+
+def _pad_to(kernel: jax.Array, size: tuple[int, int]) -> jax.Array:
+  """`kernel` (kh, kw, C) zero-padded on both sides of each axis, centre-aligned, to `size`."""
+  ph, pw = (size[0] - kernel.shape[0]) // 2, (size[1] - kernel.shape[1]) // 2
+  return jnp.pad(kernel, ((ph, ph), (pw, pw), (0, 0)))
 
 
 class MergedLargeKernel(nnx.Module):
@@ -82,25 +103,56 @@ class MergedLargeKernel(nnx.Module):
     return self.lkb_reparam(x)
 
 
-def merge_large_kernels(model: nnx.Module) -> nnx.Module:
-  """Replaces, in place, every `ReparamLargeKernelConv` by its eval-mode `MergedLargeKernel`; returns `model`."""
+class MergedDecomposedKernel(nnx.Module):
+  """Inference form of a decomposed unit: BN-folded KxN (+ the NxN branch, + bias) and NxK kernels.
+
+  Two rectangular convs instead of three branches and their BatchNorms; far fewer taps than the
+  KxK `MergedLargeKernel` (51x5 + 5x51 vs 51x51), so the fast rectangular forms still apply.
+  """
+
+  def __init__(self, dim: int, kernel: int, small: int, *, rngs: nnx.Rngs):
+    self.LoRA1 = layers.DepthwiseConv(dim, (kernel, small), use_bias=True, rngs=rngs)
+    self.LoRA2 = layers.DepthwiseConv(dim, (small, kernel), rngs=rngs)
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    del train  # Eval-only form: the BatchNorms are folded in.
+    return self.LoRA1(x) + self.LoRA2(x)
+
+
+def merge_large_kernels(model: nnx.Module, form: str = 'merged') -> nnx.Module:
+  """Replaces, in place, every `ReparamLargeKernelConv` by its eval-mode `form` (one of
+  INFERENCE_FORMS; 'branches' keeps the model as is); returns `model`."""
+  if form not in INFERENCE_FORMS:
+    raise ValueError(f'inference_form must be one of {INFERENCE_FORMS}, got {form!r}.')
   for _, m in list(nnx.iter_modules(model)):
-    if isinstance(m, Block) and isinstance(m.large_kernel, ReparamLargeKernelConv):
-      kernel, bias = m.large_kernel.merged_kernel()
-      merged = MergedLargeKernel(kernel.shape[-1], kernel.shape[0], rngs=nnx.Rngs(0))
-      merged.lkb_reparam.kernel[...] = kernel[:, :, None, :]
-      merged.lkb_reparam.bias[...] = bias
-      m.large_kernel = merged
+    unit = getattr(m, 'large_kernel', None) if isinstance(m, Block) else None
+    if form == 'branches' or not isinstance(unit, ReparamLargeKernelConv):
+      continue
+    kernels, bias = unit.merged_kernels(decom=form == 'merged_decom')
+    merged = _eval_unit(kernels[0].shape[-1], unit.kernel, unit.small, len(kernels) == 2)
+    convs = [merged.LoRA1, merged.LoRA2] if len(kernels) == 2 else [merged.lkb_reparam]
+    for conv, k in zip(convs, kernels):
+      conv.kernel[...] = k[:, :, None, :]
+    convs[0].bias[...] = bias
+    m.large_kernel = merged
   return model
+
+
+def _eval_unit(dim: int, kernel: int, small: int, decom: bool, rngs: nnx.Rngs | None = None) -> nnx.Module:
+  """An eval-only large-kernel unit: KxN and NxK kernels if `decom` (and N < K), else one KxK."""
+  rngs = rngs or nnx.Rngs(0)
+  if decom and small < kernel:
+    return MergedDecomposedKernel(dim, kernel, small, rngs=rngs)
+  return MergedLargeKernel(dim, kernel, rngs=rngs)
 
 
 class Block(nnx.Module):
   """x + drop_path(gamma * pwconv2(GELU(pwconv1(LN(large_kernel(x))))))."""
 
   def __init__(self, dim: int, kernel: int, small: int, decom: bool, drop_path: float,
-               layer_scale: float, *, merged: bool = False, rngs: nnx.Rngs):
-    self.large_kernel = (MergedLargeKernel(dim, kernel, rngs=rngs) if merged else
-                         ReparamLargeKernelConv(dim, kernel, small, decom, rngs=rngs))
+               layer_scale: float, *, form: str = 'branches', rngs: nnx.Rngs):
+    self.large_kernel = (ReparamLargeKernelConv(dim, kernel, small, decom, rngs=rngs) if form == 'branches'
+                         else _eval_unit(dim, kernel, small, decom and form == 'merged_decom', rngs))
     self.norm = layers.layer_norm(dim, LN_EPS, rngs)
     self.pwconv1 = nnx.Linear(dim, 4 * dim, rngs=rngs)
     self.pwconv2 = nnx.Linear(4 * dim, dim, rngs=rngs)
@@ -149,7 +201,7 @@ class SLaK(nnx.Module):
                  rngs: nnx.Rngs) -> nnx.Module:
     """One block of `stage` (subclasses swap the block type)."""
     return Block(dim, self.kernel_size[stage], self.kernel_size[-1], self.decom, drop_path,
-                 layer_scale, merged=self.inference_form == 'merged', rngs=rngs)
+                 layer_scale, form=self.inference_form, rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     feats = {}

@@ -85,23 +85,30 @@ def test_cli_refuses_bad_checkpoint(tmp_path, capsys):
   assert not (tmp_path / 'out').exists()
 
 
-def test_load_teacher_merged_form(tmp_path):
-  """inference_form='merged': one KxK kernel + bias per unit, same eval logits within 1e-5."""
+@pytest.mark.parametrize('form,kernel_shapes', [
+    ('merged', {'lkb_reparam': (15, 15, 1, 20)}),
+    ('merged_decom', {'LoRA1': (15, 3, 1, 20), 'LoRA2': (3, 15, 1, 20)})])
+def test_load_teacher_merged_form(tmp_path, form, kernel_shapes):
+  """inference_form='merged' / 'merged_decom': BN-folded kernels + bias per unit, same eval logits
+  within 1e-5, and the same variables as the model built in that form."""
   sd = torch_state_dict(abstract_model('slak_atto', 10))
   for k in sd:  # small weights keep the random network's activations tame.
     sd[k] = sd[k] if k.endswith(('running_var', 'bn.weight', 'norm.weight')) else sd[k] * 0.1
   np.savez(tmp_path / 'slak.npz', **sd)
   x = np.random.default_rng(1).normal(size=(2, 64, 64, 3)).astype(np.float32)
   branches = load_teacher(str(tmp_path / 'slak.npz'), 'slak_atto', 10)
-  merged = load_teacher(str(tmp_path / 'slak.npz'), 'slak_atto', 10, inference_form='merged')
+  merged = load_teacher(str(tmp_path / 'slak.npz'), 'slak_atto', 10, inference_form=form)
   ref, got = branches(x, train=False)[0], merged(x, train=False)[0]
   assert np.abs(got - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
-  built = abstract_model('slak_atto', 10, inference_form='merged')
+  built = abstract_model('slak_atto', 10, inference_form=form)
   shapes = lambda m: {p: v.get_value().shape for p, v in nnx.to_flat_state(variables_of(m))}
   assert shapes(built) == shapes(merged)
-  assert merged.stages[0][0].large_kernel.lkb_reparam.kernel.shape == (15, 15, 1, 20)
+  unit = merged.stages[0][0].large_kernel
+  assert {k: getattr(unit, k).kernel.shape for k in kernel_shapes} == kernel_shapes
   with pytest.raises(ValueError, match='SLaK-family'):
-    load_teacher(str(tmp_path / 'slak.npz'), 'resnet_atto', 10, inference_form='merged')
+    load_teacher(str(tmp_path / 'slak.npz'), 'resnet_atto', 10, inference_form=form)
+  with pytest.raises(ValueError, match='merged_decom'):
+    load_teacher(str(tmp_path / 'slak.npz'), 'slak_atto', 10, inference_form='fused')
 
 
 def test_pth_reader(tmp_path):

@@ -96,16 +96,22 @@ def test_ref_slak_large_kernel_unit(name):
     kernel, bias = unit.merged_kernel()
     assert kernel.shape[:2] == (spec['kernel_size'],) * 2
     assert rel_diff(depthwise_conv(x, kernel) + bias, out) <= 1e-5, case
+    kernels, bias = unit.merged_kernels(decom=True)
+    k, n = spec['kernel_size'], spec['small_kernel']
+    want = [(k, n), (n, k)] if spec['Decom'] and n < k else [(k, k)]
+    assert [t.shape[:2] for t in kernels] == want, case
+    assert rel_diff(sum(depthwise_conv(x, t) for t in kernels) + bias, out) <= 1e-5, case
     assert rel_diff(unit(x, train=True), nhwc(data[f'{case}/out_train'])) <= 1e-4, case
 
 
 @pytest.mark.parametrize('name', [n for n in MODEL_CASES if n in ('slak_tiny_ref', 'convnext_bn_ref')]
                          or [pytest.param(None, marks=_ABSENT)])
-def test_ref_merged_inference_form(name):
+@pytest.mark.parametrize('form', ['merged', 'merged_decom'])
+def test_ref_merged_inference_form(name, form):
   """merge_large_kernels keeps the eval logits of the reference weights (within 1e-5)."""
   _, data, model = load(name)
   x = nhwc(data['input'])
   logits, _ = forward(model, x, False)
-  merged_logits, _ = forward(merge_large_kernels(model), x, False)
+  merged_logits, _ = forward(merge_large_kernels(model, form), x, False)
   assert rel_diff(merged_logits, logits) <= 1e-5
   assert rel_diff(merged_logits, data['logits']) <= 1e-4
