@@ -3,6 +3,7 @@
     python benchmarks/kd_step.py --json --out benchmarks/results/kd_step_cpu.json
     python benchmarks/kd_step.py --json --batch 8 --pairs slak_t:resnet50 --reps 3
     python benchmarks/kd_step.py --json --reps 5 --jax-only   # JAX alone in the process
+    python benchmarks/kd_step.py --json --torch-teacher-form merged_decom   # same folding both sides
 
 Step = teacher forward in eval mode without gradients (jax.lax.stop_gradient / torch.no_grad) +
 student forward/backward in train mode (BatchNorm batch statistics) + vanilla KD loss
@@ -17,6 +18,10 @@ CPU: lkd_jax/host_malloc.py; `system` keeps glibc's defaults).
 The PyTorch models are minimal equivalents written here (no timm/torchvision): SLaK-T (width 1.3,
 decomposed Kx5 + 5xK + 5x5 depthwise branches with BN), ConvNeXt-T (official: 7x7 dw with bias),
 ResNet-50 (torchvision v1.5). torch is optional; without it only the JAX side runs.
+A SLaK teacher runs in --teacher-form on the JAX side (default `merged_decom`, configs/slak_kd.py's
+default: BN and the 5x5 branch folded into the Kx5 / 5xK kernels, lkd_jax/models/slak.py) and in
+--torch-teacher-form on the PyTorch side (default `branches`: the three conv+BN branches, as the
+paper's KD code runs its teacher; `merged_decom` / `merged` give it the same folded convs).
 MFU is reported against dense FLOPs (SLaK-T 8.70, ConvNeXt-T 4.47, ResNet-50 4.1 GMACs/img fwd;
 KD step = 2*teacher + 6*student GFLOP/img) when --peak-tflops is given (an accelerator's dense peak).
 """
@@ -42,6 +47,7 @@ from lkd_jax.models import conv  # noqa: E402
 from lkd_jax.models import depthwise as dw  # noqa: E402
 from lkd_jax.models import layers  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
+from lkd_jax.models import slak  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, medians, time_interleaved  # noqa: E402
 
 try:
@@ -66,8 +72,9 @@ def kd_loss_jax(s_logits, t_logits, labels):
   return (1 - ALPHA) * ce + ALPHA * kl * T * T
 
 
-def build_jax(teacher_name, student_name):
-  teacher = registry.create(teacher_name, num_classes=NUM_CLASSES, seed=0)
+def build_jax(teacher_name, student_name, teacher_form='branches'):
+  teacher = slak.merge_large_kernels(registry.create(teacher_name, num_classes=NUM_CLASSES, seed=0),
+                                     teacher_form)
   student = registry.create(student_name, num_classes=NUM_CLASSES, seed=1)
   t_graph, t_state = nnx.split(teacher)
   s_graph, s_params, s_stats, s_rest = nnx.split(student, nnx.Param, nnx.BatchStat, ...)
@@ -126,10 +133,17 @@ if torch is not None:
     def forward(self, x):
       return self.bn(self.conv(x))
 
+  def dw_conv(c, kh, kw, bias):
+    return nn.Conv2d(c, c, (kh, kw), padding=(kh // 2, kw // 2), groups=c, bias=bias)
+
   class Block(nn.Module):
-    def __init__(self, c, k, small, slak):
+    def __init__(self, c, k, small, slak, form='branches'):
       super().__init__()
-      if slak:
+      if slak and form == 'merged_decom':  # folded as lkd_jax's MergedDecomposedKernel.
+        self.lk = nn.ModuleList([dw_conv(c, k, small, True), dw_conv(c, small, k, False)])
+      elif slak and form == 'merged':
+        self.lk = nn.ModuleList([dw_conv(c, k, k, True)])
+      elif slak:
         self.lk = nn.ModuleList([ConvBN(c, (k, small)), ConvBN(c, (small, k)), ConvBN(c, (small, small))])
       else:
         self.lk = nn.ModuleList([nn.Conv2d(c, c, 7, padding=3, groups=c)])
@@ -145,13 +159,13 @@ if torch is not None:
   class ConvNeXtLike(nn.Module):
     """SLaK-T (slak=True, width 1.3, kernels 51/49/47/13 x 5) or ConvNeXt-T (7x7 dw with bias)."""
 
-    def __init__(self, slak: bool):
+    def __init__(self, slak: bool, form: str = 'branches'):
       super().__init__()
       dims = [int(d * (1.3 if slak else 1.0)) for d in (96, 192, 384, 768)]
       ks = (51, 49, 47, 13) if slak else (7,) * 4
       self.down = nn.ModuleList([nn.Sequential(nn.Conv2d(3, dims[0], 4, 4), LayerNorm2d(dims[0]))] + [
           nn.Sequential(LayerNorm2d(dims[i]), nn.Conv2d(dims[i], dims[i + 1], 2, 2)) for i in range(3)])
-      self.stages = nn.ModuleList([nn.Sequential(*[Block(dims[i], ks[i], 5, slak) for _ in range(d)])
+      self.stages = nn.ModuleList([nn.Sequential(*[Block(dims[i], ks[i], 5, slak, form) for _ in range(d)])
                                    for i, d in enumerate((3, 3, 9, 3))])
       self.norm, self.head = nn.LayerNorm(dims[-1], eps=1e-6), nn.Linear(dims[-1], NUM_CLASSES)
 
@@ -190,12 +204,14 @@ if torch is not None:
     def forward(self, x):
       return self.fc(self.blocks(self.stem(x)).mean((2, 3)))
 
-  TORCH_MODELS = {'slak_t': lambda: ConvNeXtLike(True), 'convnext_t': lambda: ConvNeXtLike(False),
+  TORCH_MODELS = {'slak_t': lambda form='branches': ConvNeXtLike(True, form), 'convnext_t': lambda: ConvNeXtLike(False),
                   'convnext_t_bn': lambda: ConvNeXtLike(False), 'resnet50': ResNet50}
 
 
-def build_torch(teacher_name, student_name, channels_last):
-  teacher, student = TORCH_MODELS[teacher_name]().eval(), TORCH_MODELS[student_name]().train()
+def build_torch(teacher_name, student_name, channels_last, teacher_form='branches'):
+  build = TORCH_MODELS[teacher_name]
+  teacher = (build(teacher_form) if teacher_name == 'slak_t' else build()).eval()
+  student = TORCH_MODELS[student_name]().train()
   if channels_last:
     teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
   opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.05)
@@ -236,6 +252,10 @@ def main(argv=None):
                  help='LayerNorm statistics')
   p.add_argument('--peak-tflops', type=float, default=None, help='dense peak for MFU (accelerators)')
   p.add_argument('--jax-only', action='store_true', help='skip the PyTorch side even if torch is installed')
+  p.add_argument('--teacher-form', default='merged_decom', choices=slak.INFERENCE_FORMS,
+                 help="a SLaK teacher's inference form, JAX side")
+  p.add_argument('--torch-teacher-form', default='branches', choices=slak.INFERENCE_FORMS,
+                 help="a SLaK teacher's form, PyTorch side (branches: as the paper's code)")
   add_host_malloc_arg(p)
   a = p.parse_args(argv)
   use_torch = torch is not None and not a.jax_only
@@ -260,7 +280,7 @@ def main(argv=None):
       notes.append('convnext_t not registered: used convnext_t_bn (SLaK-code ConvNeXt, 7x7 + BN)')
       tname = 'convnext_t_bn'
     t0 = time.perf_counter()
-    j_step, j_tfwd, j_student = build_jax(tname, sname)
+    j_step, j_tfwd, j_student = build_jax(tname, sname, a.teacher_form)
     j_step(x, labels)
     j_logits = j_tfwd(x)
     compile_s = time.perf_counter() - t0
@@ -268,7 +288,8 @@ def main(argv=None):
            'jax_student_step': lambda: j_student(j_logits, x, labels)}
     if use_torch:
       torch.manual_seed(0)
-      t_step, t_tfwd, t_student = build_torch(tname, sname, a.torch_layout == 'channels_last')
+      t_step, t_tfwd, t_student = build_torch(tname, sname, a.torch_layout == 'channels_last',
+                                              a.torch_teacher_form)
       t_step(xt, lt)
       t_logits = t_tfwd(xt)
       fns |= {'torch_step': lambda: t_step(xt, lt), 'torch_teacher_fwd': lambda: t_tfwd(xt),
@@ -283,10 +304,9 @@ def main(argv=None):
                jax_teacher_share=round(res['jax_teacher_fwd'] / res['jax_step'], 3),
                jax_step_minus_parts_s=round(res['jax_step'] - res['jax_teacher_fwd']
                                             - res['jax_student_step'], 4),
-               teacher_depthwise_impls=sorted({dw.pick_auto((1, h, h, 1), (k, 5, 1)) for h, k in
-                                               [(56, 51), (28, 49), (14, 47), (7, 13)]} |
-                                              {dw.pick_auto((1, h, h, 1), (5, k, 1)) for h, k in
-                                               [(56, 51), (28, 49), (14, 47), (7, 13)]})
+               teacher_depthwise_impls=sorted({
+                   dw.pick_auto((a.batch, a.size // 4 >> i, a.size // 4 >> i, 1), shape)
+                   for i, k in enumerate((51, 49, 47, 13)) for shape in ((k, 5, 1), (5, k, 1))})
                if tname == 'slak_t' else None,
                gflop_per_image=gflop_step, **faults)
     if use_torch:
@@ -312,7 +332,8 @@ def main(argv=None):
   out = dict(benchmark='kd_step', **device_fields(),
              jax=jax.__version__, torch=None if torch is None else torch.__version__,
              torch_note='torch side skipped: --jax-only' if a.jax_only else TORCH_NOTE,
-             torch_layout=a.torch_layout, depthwise_impl=dw.get_depthwise_impl(),
+             torch_layout=a.torch_layout, teacher_form=a.teacher_form,
+             torch_teacher_form=a.torch_teacher_form, depthwise_impl=dw.get_depthwise_impl(),
              conv_impl=conv.get_conv_impl(), layer_norm_impl=layers.get_layer_norm_impl(),
              host_malloc=host_malloc,
              jax_step_note='equivalent fused step built in this script (teacher eval fwd under '

@@ -10,8 +10,9 @@ load hits them alike):
 - `inference`: the plain jitted eval forward, as the KD step runs the teacher;
 - `training_forms`: the same forward traced under `jax.vjp` w.r.t. the input, the VJP dropped, so
   every depthwise conv runs its training form's forward (what `auto` ran before the pairs);
-- `merged` (SLaK only): `inference_form='merged'`, each unit's three branches folded into one KxK
-  kernel (`slak.merge_large_kernels`), as `teacher.inference_form=merged` loads it;
+- `merged` / `merged_decom` (SLaK only): `inference_form='merged'` / `'merged_decom'`, each unit's
+  three branches folded into one KxK kernel / into a KxN and an NxK kernel (`slak.merge_large_kernels`,
+  on a copy), as `teacher.inference_form=merged` / `merged_decom` loads it;
 - `without_depthwise`: `inference` with every depthwise convolution replaced by the identity (its
   BatchNorm / bias, branch sum and the rest of the block kept), so `depthwise_ms` = inference -
   without_depthwise is what the depthwise convolutions cost inside the model;
@@ -29,6 +30,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from depthwise import use_all_cores  # noqa: E402  (benchmarks/depthwise.py)
@@ -90,7 +92,8 @@ def main(argv=None):
     model = registry.create(name, num_classes=1000, seed=0)
     fns = {'training_forms': compiled_forward(model, x, True), 'inference': compiled_forward(model, x)}
     if name.startswith('slak'):
-      fns['merged'] = compiled_forward(merge_large_kernels(model), x)
+      for form in ('merged', 'merged_decom'):
+        fns[form] = compiled_forward(merge_large_kernels(nnx.clone(model), form), x)
     fns['without_depthwise'] = without_depthwise(model, x)
     if torch is not None and name in TORCH_MODELS:
       fns |= torch_forwards(name, x)
