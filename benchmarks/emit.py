@@ -25,20 +25,34 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
   p.add_argument('--out', default=None, help='also write the JSON here')
 
 
-def cpu_model() -> str:
-  """The CPU's model name (from /proc/cpuinfo where there is one)."""
+def _cpuinfo(key: str) -> str | None:
+  """The first `key` field of /proc/cpuinfo (None where there is none)."""
   try:
     with open('/proc/cpuinfo') as f:
-      return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+      return next(line.split(':', 1)[1].strip() for line in f if line.startswith(key))
   except (OSError, StopIteration):
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+  """The CPU's model name (from /proc/cpuinfo where there is one)."""
+  return _cpuinfo('model name') or platform.processor() or platform.machine()
+
+
+def cpu_isa() -> str:
+  """The widest x86 vector ISA the host has ('avx512f', 'avx2', ...; else the machine name).
+
+  XLA:CPU compiles for it, so timings and float rounding differ between hosts of one model name.
+  """
+  flags = set((_cpuinfo('flags') or '').split())
+  return next((f for f in ('avx512f', 'avx2', 'avx', 'sse4_2') if f in flags), platform.machine())
 
 
 def device_fields() -> dict[str, Any]:
   """`device` (JAX's first device, and the host CPU model and core count) and `gpu_note` for a result."""
   import jax  # the input-pipeline benchmark imports this module without needing jax's devices.
   d = jax.devices()[0]
-  return dict(device=f'{d.device_kind} ({jax.default_backend()}); host {cpu_model()}, '
-                     f'{os.cpu_count()} cores',
+  return dict(device=f'{d.device_kind} ({jax.default_backend()}); host {cpu_model()} '
+                     f'({cpu_isa()}), {os.cpu_count()} cores',
               gpu_note='no accelerator lent to this session: CPU only'
               if jax.default_backend() == 'cpu' else None)
