@@ -4,8 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+from lkd_jax.environment import cpu_isa, cpu_model  # noqa: E402  (re-exported for the scripts)
 
 
 def emit(result: dict[str, Any], out: str | None, to_stdout: bool) -> None:
@@ -23,29 +26,6 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
   """--json (print the result) and --out (write it), as `emit` takes them."""
   p.add_argument('--json', action='store_true', help='print the result JSON to stdout')
   p.add_argument('--out', default=None, help='also write the JSON here')
-
-
-def _cpuinfo(key: str) -> str | None:
-  """The first `key` field of /proc/cpuinfo (None where there is none)."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      return next(line.split(':', 1)[1].strip() for line in f if line.startswith(key))
-  except (OSError, StopIteration):
-    return None
-
-
-def cpu_model() -> str:
-  """The CPU's model name (from /proc/cpuinfo where there is one)."""
-  return _cpuinfo('model name') or platform.processor() or platform.machine()
-
-
-def cpu_isa() -> str:
-  """The widest x86 vector ISA the host has ('avx512f', 'avx2', ...; else the machine name).
-
-  XLA:CPU compiles for it, so timings and float rounding differ between hosts of one model name.
-  """
-  flags = set((_cpuinfo('flags') or '').split())
-  return next((f for f in ('avx512f', 'avx2', 'avx', 'sse4_2') if f in flags), platform.machine())
 
 
 def device_fields() -> dict[str, Any]:

@@ -10,7 +10,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from lkd_jax import report, train
+from lkd_jax import environment, report, train
 
 
 def stage_config(config: ml_collections.ConfigDict, stage: str, workdir: str
@@ -60,6 +60,7 @@ def run_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                       or train.train_and_evaluate(cfgs[stage], stage_dir))
   rep = report.build(results['teacher']['accuracy'], results['student']['accuracy'],
                      results['distilled']['accuracy'], seed=config.seed,
+                     environment=environment.describe(),
                      teacher=cfgs['teacher'].model.name, student=cfgs['student'].model.name,
                      method=cfgs['distilled'].method)
   if jax.process_index() == 0:

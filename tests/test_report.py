@@ -1,5 +1,6 @@
 """Direct / Effective Gain report and the job's stage configs."""
 import json
+import os
 
 import pytest
 
@@ -61,3 +62,22 @@ def test_finished_stage_is_read_back_only_with_the_same_config(tmp_path):
   # A later run with another config (resumed, or killed before it finished) is not "finished".
   assert job.finished_result(other, str(stage)) is None
   assert train.config_digest(other) != train.config_digest(cfg)
+
+
+def test_job_report_names_packages_and_host(tmp_path, monkeypatch):
+  """report.json records what ran the job (versions, backend, host ISA): the numbers depend on it."""
+  import jax
+  from lkd_jax import environment
+  acc = {'teacher': 0.9, 'student': 0.6, 'distilled': 0.7}
+  monkeypatch.setattr(train, 'train_and_evaluate',
+                      lambda cfg, stage_dir: {'accuracy': acc[os.path.basename(stage_dir)]})
+  rep = job.run_job(demo.get_config('seed=5,steps=3'), str(tmp_path))
+  saved = json.loads((tmp_path / 'report.json').read_text())
+  assert saved['distilled_acc'] == 0.7 and saved['seed'] == 5 and rep == saved
+  env = saved['environment']
+  assert env['packages']['jax'] == jax.__version__ and env['packages']['flax']
+  assert env['backend'] == jax.default_backend() and env['host']['cores'] == os.cpu_count()
+  monkeypatch.setattr(environment, '_cpuinfo', lambda key: 'fpu sse4_2 avx avx2 fma')
+  assert environment.cpu_isa() == 'avx2'
+  monkeypatch.setattr(environment, '_cpuinfo', lambda key: 'avx2 avx512f avx512dq')
+  assert environment.cpu_isa() == 'avx512f'
