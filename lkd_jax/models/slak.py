@@ -102,6 +102,10 @@ class MergedLargeKernel(nnx.Module):
     del train  # Eval-only form: the BatchNorms are folded in.
     return self.lkb_reparam(x)
 
+  def convs(self) -> list[layers.DepthwiseConv]:
+    """Its convs, in `ReparamLargeKernelConv.merged_kernels` order (the first holds the bias)."""
+    return [self.lkb_reparam]
+
 
 class MergedDecomposedKernel(nnx.Module):
   """Inference form of a decomposed unit: BN-folded KxN (+ the NxN branch, + bias) and NxK kernels.
@@ -118,22 +122,27 @@ class MergedDecomposedKernel(nnx.Module):
     del train  # Eval-only form: the BatchNorms are folded in.
     return self.LoRA1(x) + self.LoRA2(x)
 
+  def convs(self) -> list[layers.DepthwiseConv]:
+    """Its convs, in `ReparamLargeKernelConv.merged_kernels` order (the first holds the bias)."""
+    return [self.LoRA1, self.LoRA2]
+
 
 def merge_large_kernels(model: nnx.Module, form: str = 'merged') -> nnx.Module:
   """Replaces, in place, every `ReparamLargeKernelConv` by its eval-mode `form` (one of
   INFERENCE_FORMS; 'branches' keeps the model as is); returns `model`."""
   if form not in INFERENCE_FORMS:
     raise ValueError(f'inference_form must be one of {INFERENCE_FORMS}, got {form!r}.')
+  if form == 'branches':
+    return model
   for _, m in list(nnx.iter_modules(model)):
-    unit = getattr(m, 'large_kernel', None) if isinstance(m, Block) else None
-    if form == 'branches' or not isinstance(unit, ReparamLargeKernelConv):
+    if not (isinstance(m, Block) and isinstance(m.large_kernel, ReparamLargeKernelConv)):
       continue
+    unit = m.large_kernel
     kernels, bias = unit.merged_kernels(decom=form == 'merged_decom')
     merged = _eval_unit(kernels[0].shape[-1], unit.kernel, unit.small, len(kernels) == 2)
-    convs = [merged.LoRA1, merged.LoRA2] if len(kernels) == 2 else [merged.lkb_reparam]
-    for conv, k in zip(convs, kernels):
+    for conv, k in zip(merged.convs(), kernels, strict=True):
       conv.kernel[...] = k[:, :, None, :]
-    convs[0].bias[...] = bias
+    merged.convs()[0].bias[...] = bias
     m.large_kernel = merged
   return model
 
