@@ -80,11 +80,6 @@ class ReparamLargeKernelConv(nnx.Module):
         kernels[into] = kernels[into] + _pad_to(k, kernels[into].shape[:2])
     return kernels, sum(c for _, c in fused)
 
-  def merged_kernel(self) -> tuple[jax.Array, jax.Array]:
-    """One KxK kernel + bias equal to the eval-mode sum of the BN-fused branches (centre-aligned)."""
-    (kernel,), bias = self.merged_kernels(decom=False)
-    return kernel, bias
-
 
 def _pad_to(kernel: jax.Array, size: tuple[int, int]) -> jax.Array:
   """`kernel` (kh, kw, C) zero-padded on both sides of each axis, centre-aligned, to `size`."""

@@ -93,7 +93,7 @@ def test_ref_slak_large_kernel_unit(name):
     unit = convert_into(nnx.eval_shape(build), unwrap(data, prefix=f'{case}/sd/'))
     out = unit(x, train=False)
     assert rel_diff(out, nhwc(data[f'{case}/out'])) <= 1e-4, case
-    kernel, bias = unit.merged_kernel()
+    (kernel,), bias = unit.merged_kernels(decom=False)
     assert kernel.shape[:2] == (spec['kernel_size'],) * 2
     assert rel_diff(depthwise_conv(x, kernel) + bias, out) <= 1e-5, case
     kernels, bias = unit.merged_kernels(decom=True)
