@@ -1,12 +1,14 @@
-"""The shift depthwise form's kernel gradient: row-block loop vs FFT correlation, in a model's gradient.
+"""The shift depthwise form's backward variants in a model's gradient (ConvNeXt-T's 7x7 kernels).
 
     python benchmarks/kernel_grad.py --json --out benchmarks/results/kernel_grad_cpu.json
 
-Variants (lkd_jax/models/depthwise.py, set before each compile): `loop` = the row-block loop for every
-kernel; `auto` = the library's rule (the FFT correlation for >= FFT_KERNEL_GRAD_TAPS taps).
+Variants (lkd_jax/models/depthwise.py's KERNEL_GRAD_FORM and MATERIALIZE, set before each compile):
+`before` = the rule up to 1687086 (the FFT correlation for >= 49 taps, else the row-block loop) and no
+materialized outputs; `loop`, `fft`, `tree` = that kernel gradient for every kernel, outputs
+materialized; `auto` = the library's rule.
 Timed: the gradient w.r.t. the parameters of each `--models` entry in train mode at 224 px (loss =
 mean log-softmax of class 0), all variants interleaved (benchmarks/timing.py). Medians and minima in
-ms; `speedup` = loop / each variant, by median. The 7x7 kernels of ConvNeXt are the ones it changes.
+ms; `speedup` = before / each variant, by median.
 """
 from __future__ import annotations
 
@@ -24,17 +26,20 @@ from lkd_jax.models import depthwise as dw  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, compiled_train_grad, time_interleaved  # noqa: E402
 
-VARIANTS = {'loop': 10**9, 'auto': dw.FFT_KERNEL_GRAD_TAPS}
+# variant: (KERNEL_GRAD_FORM, MATERIALIZE); ConvNeXt's kernels are all 7x7 (49 taps: 'fft' before).
+VARIANTS = {'before': ('fft', False), 'loop': ('loop', True), 'fft': ('fft', True),
+            'tree': ('tree', True), 'auto': ('auto', True)}
 
 
 def _grad_fn(name: str, batch: int, variant: str):
   """A blocking call of `name`'s parameter gradient (train mode), compiled under `variant`."""
   x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, 224, 224, 3)), jnp.float32)
-  rule, dw.FFT_KERNEL_GRAD_TAPS = dw.FFT_KERNEL_GRAD_TAPS, VARIANTS[variant]
+  saved = dw.KERNEL_GRAD_FORM, dw.MATERIALIZE
+  dw.KERNEL_GRAD_FORM, dw.MATERIALIZE = VARIANTS[variant]
   try:
     return compiled_train_grad(registry.create(name, num_classes=1000, seed=0), x)
   finally:
-    dw.FFT_KERNEL_GRAD_TAPS = rule
+    dw.KERNEL_GRAD_FORM, dw.MATERIALIZE = saved
 
 
 def main(argv=None):
@@ -54,9 +59,9 @@ def main(argv=None):
     rows.append(dict(model=name, batch=a.batch, size=224, reps=a.reps,
                      **{f'{v}_ms': round(m, 1) for v, m in med.items()},
                      **{f'{v}_min_ms': round(min(t) * 1e3, 1) for v, t in times.items()},
-                     **{f'speedup_{v}': round(med['loop'] / m, 3) for v, m in med.items()}))
+                     **{f'speedup_{v}': round(med['before'] / m, 3) for v, m in med.items()}))
   emit(dict(benchmark='kernel_grad', **device_fields(), jax=jax.__version__, host_malloc=host_malloc,
-            fft_kernel_grad_taps=VARIANTS['auto'], units='ms per gradient (median, and min)',
+            tree_kernel_grad_max_pixels=dw.TREE_KERNEL_GRAD_MAX_PIXELS, units='ms per gradient (median, and min)',
             cases=rows), a.out, a.json)
 
 

@@ -81,12 +81,24 @@ def _shift_sum(x, kernel, pad_h, pad_w):
   return out
 
 
+def _materialize(y: jax.Array) -> jax.Array:
+  """`y` written to a buffer once instead of recomputed inside each consumer's fusion.
+
+  XLA:CPU fuses the kh*kw-tap sum into every elementwise consumer (ConvNeXt's LayerNorm statistics
+  and normalization: 3 copies per block) and drops `optimization_barrier` before fusion, but it
+  cannot fuse across a conditional; this one's predicate is always true and cannot be folded, and
+  its branches differ so that they are not merged.
+  """
+  a = y.reshape(-1)[0]
+  return jax.lax.cond((a == a) | (a != a), lambda v: v, lambda v: v * 1 + 0, y)
+
+
 def _row_block(h: int) -> int:
   """Rows per kernel-gradient block: the whole map up to 8 rows, else the largest divisor <= 4."""
   return h if h <= 8 else max(r for r in range(1, 5) if h % r == 0)
 
 
-def _shift_kernel_grad(x, g, kernel_shape, pad_h, pad_w):
+def _loop_kernel_grad(x, g, kernel_shape, pad_h, pad_w):
   """dL/dkernel of the shift form: all kh*kw tap products of a block of rows, looped over blocks.
 
   Over whole maps XLA:CPU reads each tap's product back from memory (kh*kw passes over x and g);
@@ -109,14 +121,36 @@ def _shift_kernel_grad(x, g, kernel_shape, pad_h, pad_w):
   return jax.lax.fori_loop(0, b * blocks, body, jnp.zeros(kernel_shape, jnp.float32))
 
 
-# The shift form's kernel gradient is an FFT correlation (`_fft_kernel_grad`) from this many taps on.
-FFT_KERNEL_GRAD_TAPS = 49
+def _tree_sum(q: jax.Array) -> jax.Array:
+  """Sum over all axes but the last, as halving trees of slices.
+
+  Elementwise adds that XLA:CPU fuses into one loop vectorized along the channels; its reduce over
+  leading axes is not, and runs 2-6x slower on SLaK-T / ConvNeXt-T stage maps.
+  """
+  for _ in range(q.ndim - 1):
+    odd = []
+    while q.shape[0] > 1:
+      n = q.shape[0]
+      if n % 2:
+        odd.append(q[n - 1])
+      q = q[:n // 2] + q[n // 2:2 * (n // 2)]
+    q = functools.reduce(jnp.add, odd, q[0])
+  return q
+
+
+def _tree_kernel_grad(x, g, kernel_shape, pad_h, pad_w):
+  """dL/dkernel of the shift form: per tap, the products with g summed by `_tree_sum` (fp32)."""
+  kh, kw, _ = kernel_shape
+  _, h, w, _ = x.shape
+  xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0))).astype(jnp.float32)
+  g = g.astype(jnp.float32)
+  taps = [_tree_sum(xp[:, i:i + h, j:j + w] * g) for i in range(kh) for j in range(kw)]
+  return jnp.stack(taps).reshape(kernel_shape)
 
 
 def _fft_kernel_grad(x, g, kernel_shape, pad_h, pad_w):
   """dL/dkernel as one FFT correlation of the padded input with g, summed over the batch in the
-  spectrum (only C inverse transforms). ConvNeXt-T's gradient at batch 8 is 6-16% faster with it for
-  its 7x7 kernels (benchmarks/kernel_grad.py; README, Performance)."""
+  spectrum (only C inverse transforms)."""
   kh, kw, _ = kernel_shape
   _, h, w, _ = x.shape
   xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
@@ -128,22 +162,44 @@ def _fft_kernel_grad(x, g, kernel_shape, pad_h, pad_w):
   return corr[:kh, :kw]
 
 
+_KERNEL_GRADS = {'loop': _loop_kernel_grad, 'tree': _tree_kernel_grad, 'fft': _fft_kernel_grad}
+# The shift form's kernel gradient: 'auto' (`kernel_grad_form`) or one of _KERNEL_GRADS (benchmarks).
+KERNEL_GRAD_FORM = 'auto'
+# Write the shift form's output (and, backward, g and the input gradient) once (`_materialize`).
+MATERIALIZE = True
+
+
+def kernel_grad_form(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...]) -> str:
+  """The shift form's kernel gradient for this shape (benchmarks/kernel_grad.py; README, Performance)."""
+  if KERNEL_GRAD_FORM != 'auto':
+    return KERNEL_GRAD_FORM
+  return 'tree' if x_shape[1] * x_shape[2] <= TREE_KERNEL_GRAD_MAX_PIXELS else 'fft'
+
+
+# Maps up to this many pixels take the tree kernel gradient, larger ones the FFT correlation.
+TREE_KERNEL_GRAD_MAX_PIXELS = 28 * 28
+
+
+def _written(y: jax.Array) -> jax.Array:
+  return _materialize(y) if MATERIALIZE else y
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _shift(x, kernel, pad_h, pad_w):
   """Sum of kh*kw shifted, channel-scaled slices; backward by the same form (custom VJP)."""
-  return _shift_sum(x, kernel, pad_h, pad_w)
+  return _written(_shift_sum(x, kernel, pad_h, pad_w))
 
 
 def _shift_fwd(x, kernel, pad_h, pad_w):
-  return _shift_sum(x, kernel, pad_h, pad_w), (x, kernel)
+  return _shift(x, kernel, pad_h, pad_w), (x, kernel)
 
 
 def _shift_bwd(pad_h, pad_w, res, g):
   x, kernel = res
+  g = _written(g)  # read by every tap of the kernel gradient.
   # The input gradient is the correlation of g with the flipped kernel, pads swapped.
-  gx = _shift_sum(g, kernel[::-1, ::-1], pad_h[::-1], pad_w[::-1])
-  kh, kw, _ = kernel.shape
-  kernel_grad = _fft_kernel_grad if kh * kw >= FFT_KERNEL_GRAD_TAPS else _shift_kernel_grad
+  gx = _written(_shift_sum(g, kernel[::-1, ::-1], pad_h[::-1], pad_w[::-1]))
+  kernel_grad = _KERNEL_GRADS[kernel_grad_form(x.shape, kernel.shape)]
   gk = kernel_grad(x, g, kernel.shape, pad_h, pad_w)
   return gx, gk.astype(kernel.dtype)
 

@@ -11,7 +11,7 @@ from lkd_jax.models import layers
 IMPLS = ['xla', 'shift', 'fft', 'fft1d', 'toeplitz', 'toeplitz_cm', 'fft1d/toeplitz', 'shift/fft',
          'toeplitz_cm/toeplitz']
 # (x shape, kernel hw): square/rectangular, kernels longer than 2H-1 (cropped), 1-wide, 1x1; batch-2
-# 7x7 and 5x11 take the shift form's FFT kernel gradient (>= 49 taps).
+# 7x7 and 5x11 have >= 49 taps (the FFT kernel gradient on maps larger than these).
 CASES = [((1, 12, 10, 3), (5, 5)), ((2, 8, 7, 3), (7, 3)), ((1, 8, 7, 2), (3, 9)),
          ((2, 9, 6, 3), (7, 7)), ((2, 10, 9, 2), (5, 11)),
          ((1, 4, 3, 2), (11, 3)), ((1, 3, 4, 2), (3, 11)), ((1, 4, 4, 2), (13, 13)),
@@ -113,3 +113,37 @@ def test_toeplitz_matrix_is_banded_kernel():
   t = np.asarray(dw.toeplitz_matrix(taps, 2, 4)[:, :, 0])
   want = np.array([[3, 4, 5, 0], [2, 3, 4, 5], [1, 2, 3, 4], [0, 1, 2, 3]], np.float32)
   np.testing.assert_array_equal(t, want)
+
+
+@pytest.mark.parametrize('form', sorted(dw._KERNEL_GRADS))
+@pytest.mark.parametrize('shape,ks', [CASES[0], CASES[3], CASES[4], CASES[5]])
+def test_shift_kernel_gradient_forms(monkeypatch, form, shape, ks):
+  monkeypatch.setattr(dw, 'KERNEL_GRAD_FORM', form)
+  x, k = _data(shape, ks)
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
+  gx, gk = jax.jit(jax.grad(loss(lambda x, k: dw.depthwise_conv(x, k, 'shift')), (0, 1)))(x, k)
+  rx, rk = jax.grad(loss(_ref), (0, 1))(x, k)
+  assert _rel(gx, rx) <= 1e-4 and _rel(gk, rk) <= 1e-4
+
+
+def test_kernel_gradient_rule():
+  assert dw.kernel_grad_form((8, 28, 28, 192), (7, 7, 192)) == 'tree'
+  assert dw.kernel_grad_form((8, 56, 56, 96), (7, 7, 96)) == 'fft'
+
+
+def _tap_sum_fusions(x, k) -> int:
+  """Fused computations holding a 25-tap sum (25+ slices) in the compiled gradient of sum(y**2)."""
+  # A new function each call: jit would reuse a trace made under the other MATERIALIZE.
+  grad = jax.grad(lambda x, k: jnp.sum(jnp.square(dw.depthwise_conv(x, k, 'shift'))), (0, 1))
+  txt = jax.jit(grad).lower(x, k).compile().as_text()
+  return sum(c.count(' slice(') >= 25 for c in txt.split('\n\n'))
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason="XLA:CPU's fusion decisions")
+def test_shift_output_is_computed_once(monkeypatch):
+  # The loss and the backward read y in several fusions; unwritten, XLA:CPU recomputes the 25-tap
+  # sum in each (the kernel gradient's 25 tap fusions included).
+  x, k = _data((2, 9, 9, 16), (5, 5))
+  assert _tap_sum_fusions(x, k) == 2  # the forward and the input gradient.
+  monkeypatch.setattr(dw, 'MATERIALIZE', False)
+  assert _tap_sum_fusions(x, k) > 25
