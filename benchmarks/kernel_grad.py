@@ -3,9 +3,9 @@
     python benchmarks/kernel_grad.py --json --out benchmarks/results/kernel_grad_cpu.json
 
 Variants (lkd_jax/models/depthwise.py's KERNEL_GRAD_FORM and MATERIALIZE, set before each compile):
-`before` = the rule up to 1687086 (the FFT correlation for >= 49 taps, else the row-block loop) and no
-materialized outputs; `loop`, `fft`, `tree` = that kernel gradient for every kernel, outputs
-materialized; `auto` = the library's rule.
+`before` = the rule up to 1687086 (the FFT correlation for >= 49 taps, else a row-block loop, removed
+after 77fd383) and no materialized outputs; `fft`, `tree` = that kernel gradient for every kernel,
+outputs materialized; `auto` = the library's rule (`kernel_grad_form`).
 Timed: the gradient w.r.t. the parameters of each `--models` entry in train mode at 224 px (loss =
 mean log-softmax of class 0), all variants interleaved (benchmarks/timing.py). Medians and minima in
 ms; `speedup` = before / each variant, by median.
@@ -27,8 +27,8 @@ from lkd_jax.models import registry  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, compiled_train_grad, time_interleaved  # noqa: E402
 
 # variant: (KERNEL_GRAD_FORM, MATERIALIZE); ConvNeXt's kernels are all 7x7 (49 taps: 'fft' before).
-VARIANTS = {'before': ('fft', False), 'loop': ('loop', True), 'fft': ('fft', True),
-            'tree': ('tree', True), 'auto': ('auto', True)}
+VARIANTS = {'before': ('fft', False), 'fft': ('fft', True), 'tree': ('tree', True),
+            'auto': ('auto', True)}
 
 
 def _grad_fn(name: str, batch: int, variant: str):
@@ -61,7 +61,7 @@ def main(argv=None):
                      **{f'{v}_min_ms': round(min(t) * 1e3, 1) for v, t in times.items()},
                      **{f'speedup_{v}': round(med['before'] / m, 3) for v, m in med.items()}))
   emit(dict(benchmark='kernel_grad', **device_fields(), jax=jax.__version__, host_malloc=host_malloc,
-            tree_kernel_grad_max_pixels=dw.TREE_KERNEL_GRAD_MAX_PIXELS, units='ms per gradient (median, and min)',
+            units='ms per gradient (median, and min)',
             cases=rows), a.out, a.json)
 
 

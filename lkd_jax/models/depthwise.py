@@ -7,8 +7,9 @@ and the same gradients up to float rounding:
 - `xla`: `lax.conv_general_dilated(feature_group_count=C)`. Fast on GPU/TPU forward, but 50-120x
   slower than PyTorch on XLA:CPU for large kernels.
 - `shift`: sum of kh*kw shifted, channel-scaled slices (unrolled), with a custom VJP: the input
-  gradient in the same form; the kernel gradient a loop over cache-sized row blocks, or for 49+ taps
-  one FFT correlation summed over the batch in the spectrum. Best on CPU for small kernels.
+  gradient in the same form; the kernel gradient per tap a halving-tree sum of its products, or for
+  49+ taps on maps over 28x28 one FFT correlation summed over the batch in the spectrum. Its output
+  is written once (`_materialize`). Best on CPU for small kernels.
 - `fft`: rfft2 product over a grid of H+kh-1 x W+kw-1 (rounded up to a fast size). Best on CPU for
   Kx5 / 5xK forward+backward on 56x56 maps and for large square (merged 51x51) kernels.
 - `fft1d`: for a rectangular kernel, an rfft along the long axis only, the short-axis taps as
@@ -93,34 +94,6 @@ def _materialize(y: jax.Array) -> jax.Array:
   return jax.lax.cond((a == a) | (a != a), lambda v: v, lambda v: v * 1 + 0, y)
 
 
-def _row_block(h: int) -> int:
-  """Rows per kernel-gradient block: the whole map up to 8 rows, else the largest divisor <= 4."""
-  return h if h <= 8 else max(r for r in range(1, 5) if h % r == 0)
-
-
-def _loop_kernel_grad(x, g, kernel_shape, pad_h, pad_w):
-  """dL/dkernel of the shift form: all kh*kw tap products of a block of rows, looped over blocks.
-
-  Over whole maps XLA:CPU reads each tap's product back from memory (kh*kw passes over x and g);
-  a block of r rows stays in cache for all taps.
-  """
-  kh, kw, c = kernel_shape
-  b, h, w, _ = x.shape
-  xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
-  r = _row_block(h)
-  blocks = h // r
-
-  def body(t, acc):
-    n, row = t // blocks, (t % blocks) * r
-    xb = jax.lax.dynamic_slice(xp, (n, row, 0, 0), (1, r + kh - 1, w + kw - 1, c))[0]
-    gb = jax.lax.dynamic_slice(g, (n, row, 0, 0), (1, r, w, c))[0]
-    taps = [jnp.sum(xb[i:i + r, j:j + w] * gb, axis=(0, 1), dtype=jnp.float32)
-            for i in range(kh) for j in range(kw)]
-    return acc + jnp.stack(taps).reshape(kernel_shape)
-
-  return jax.lax.fori_loop(0, b * blocks, body, jnp.zeros(kernel_shape, jnp.float32))
-
-
 def _tree_sum(q: jax.Array) -> jax.Array:
   """Sum over all axes but the last, as halving trees of slices.
 
@@ -162,7 +135,7 @@ def _fft_kernel_grad(x, g, kernel_shape, pad_h, pad_w):
   return corr[:kh, :kw]
 
 
-_KERNEL_GRADS = {'loop': _loop_kernel_grad, 'tree': _tree_kernel_grad, 'fft': _fft_kernel_grad}
+_KERNEL_GRADS = {'tree': _tree_kernel_grad, 'fft': _fft_kernel_grad}
 # The shift form's kernel gradient: 'auto' (`kernel_grad_form`) or one of _KERNEL_GRADS (benchmarks).
 KERNEL_GRAD_FORM = 'auto'
 # Write the shift form's output (and, backward, g and the input gradient) once (`_materialize`).
@@ -170,14 +143,12 @@ MATERIALIZE = True
 
 
 def kernel_grad_form(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...]) -> str:
-  """The shift form's kernel gradient for this shape (benchmarks/kernel_grad.py; README, Performance)."""
+  """The shift form's kernel gradient for this shape: the FFT correlation for 49+ taps on maps larger
+  than 28x28 (its cost grows as log(H*W) per pixel, the tree's as the taps), else the tree sums."""
   if KERNEL_GRAD_FORM != 'auto':
     return KERNEL_GRAD_FORM
-  return 'tree' if x_shape[1] * x_shape[2] <= TREE_KERNEL_GRAD_MAX_PIXELS else 'fft'
-
-
-# Maps up to this many pixels take the tree kernel gradient, larger ones the FFT correlation.
-TREE_KERNEL_GRAD_MAX_PIXELS = 28 * 28
+  big = kernel_shape[0] * kernel_shape[1] >= 49 and x_shape[1] * x_shape[2] > 28 * 28
+  return 'fft' if big else 'tree'
 
 
 def _written(y: jax.Array) -> jax.Array:

@@ -129,6 +129,7 @@ def test_shift_kernel_gradient_forms(monkeypatch, form, shape, ks):
 def test_kernel_gradient_rule():
   assert dw.kernel_grad_form((8, 28, 28, 192), (7, 7, 192)) == 'tree'
   assert dw.kernel_grad_form((8, 56, 56, 96), (7, 7, 96)) == 'fft'
+  assert dw.kernel_grad_form((8, 56, 56, 124), (5, 5, 124)) == 'tree'
 
 
 def _tap_sum_fusions(x, k) -> int:
