@@ -7,8 +7,9 @@ and the same gradients up to float rounding:
 - `xla`: `lax.conv_general_dilated(feature_group_count=C)`. Fast on GPU/TPU forward, but 50-120x
   slower than PyTorch on XLA:CPU for large kernels.
 - `shift`: sum of kh*kw shifted, channel-scaled slices (unrolled), with a custom VJP: the input
-  gradient in the same form; the kernel gradient per tap a halving-tree sum of its products, or for
-  49+ taps on maps over 28x28 one FFT correlation summed over the batch in the spectrum. Its output
+  gradient in the same form; the kernel gradient per tap a halving-tree sum of its products (on
+  small maps and batches, after adding them image by image), or for 49+ taps on maps over 28x28 one
+  FFT correlation summed over the batch in the spectrum. Its output
   is written once (`_materialize`). Best on CPU for small kernels.
 - `fft`: rfft2 product over a grid of H+kh-1 x W+kw-1 (rounded up to a fast size). Best on CPU for
   Kx5 / 5xK forward+backward on 56x56 maps and for large square (merged 51x51) kernels.
@@ -112,14 +113,31 @@ def _tree_sum(q: jax.Array) -> jax.Array:
   return q
 
 
-def _tree_kernel_grad(x, g, kernel_shape, pad_h, pad_w):
-  """dL/dkernel of the shift form: per tap, the products with g summed by `_tree_sum` (fp32)."""
+def _tap_grads(tap_sum: Callable, x, g, kernel_shape, pad_h, pad_w):
+  """dL/dkernel of the shift form, tap by tap: `tap_sum(x slice, g)` sums each tap's products (fp32)."""
   kh, kw, _ = kernel_shape
   _, h, w, _ = x.shape
   xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0))).astype(jnp.float32)
   g = g.astype(jnp.float32)
-  taps = [_tree_sum(xp[:, i:i + h, j:j + w] * g) for i in range(kh) for j in range(kw)]
+  taps = [tap_sum(xp[:, i:i + h, j:j + w], g) for i in range(kh) for j in range(kw)]
   return jnp.stack(taps).reshape(kernel_shape)
+
+
+def _tree_tap(xs: jax.Array, g: jax.Array) -> jax.Array:
+  """One tap's products summed by `_tree_sum` over batch, rows and columns."""
+  return _tree_sum(xs * g)
+
+
+def _batch_tree_tap(xs: jax.Array, g: jax.Array) -> jax.Array:
+  """One tap's products added image by image, then `_tree_sum` over the flattened pixels.
+
+  On small maps and batches XLA:CPU then keeps each tap in one fused loop; `_tree_tap` there writes
+  the whole product out and sums it in several passes: 1.4-4.6x slower on 14x14 and 7x7 maps at
+  batch 1-16. This form loses (1.2-4.9x) on 28x28 maps, at 14x14 from 16 images and at 64 images on
+  4x4-16x16 maps (uncommitted interleaved probes of the kernel gradient alone).
+  """
+  q = functools.reduce(jnp.add, [xs[n] * g[n] for n in range(g.shape[0])])
+  return _tree_sum(q.reshape(-1, q.shape[-1]))
 
 
 def _fft_kernel_grad(x, g, kernel_shape, pad_h, pad_w):
@@ -136,7 +154,8 @@ def _fft_kernel_grad(x, g, kernel_shape, pad_h, pad_w):
   return corr[:kh, :kw]
 
 
-_KERNEL_GRADS = {'tree': _tree_kernel_grad, 'fft': _fft_kernel_grad}
+_KERNEL_GRADS = {'tree': functools.partial(_tap_grads, _tree_tap),
+                 'batch_tree': functools.partial(_tap_grads, _batch_tree_tap), 'fft': _fft_kernel_grad}
 # The shift form's kernel gradient: 'auto' (`kernel_grad_form`) or one of _KERNEL_GRADS (benchmarks).
 KERNEL_GRAD_FORM = 'auto'
 # Write the shift form's output (and, backward, g and the input gradient) once (`_materialize`).
@@ -144,12 +163,20 @@ MATERIALIZE = True
 
 
 def kernel_grad_form(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...]) -> str:
-  """The shift form's kernel gradient for this shape: the FFT correlation for 49+ taps on maps larger
-  than 28x28 (its cost grows as log(H*W) per pixel, the tree's as the taps), else the tree sums."""
+  """The shift form's kernel gradient for this shape (measured, benchmarks/depthwise.py and probes).
+
+  The FFT correlation for 49+ taps on maps larger than 28x28 (its cost grows as log(H*W) per pixel,
+  the tree's as the taps); per-image sums first (`_batch_tree_tap`) on maps up to 14x14 at up to 16
+  images and 1568 pixels in all; the tree sums otherwise.
+  """
   if KERNEL_GRAD_FORM != 'auto':
     return KERNEL_GRAD_FORM
-  big = kernel_shape[0] * kernel_shape[1] >= 49 and x_shape[1] * x_shape[2] > 28 * 28
-  return 'fft' if big else 'tree'
+  b, h, w = x_shape[:3]
+  if kernel_shape[0] * kernel_shape[1] >= 49 and h * w > 28 * 28:
+    return 'fft'
+  if h * w <= 14 * 14 and b <= 16 and b * h * w <= 8 * 14 * 14:
+    return 'batch_tree'
+  return 'tree'
 
 
 def _written(y: jax.Array) -> jax.Array:

@@ -130,6 +130,10 @@ def test_kernel_gradient_rule():
   assert dw.kernel_grad_form((8, 28, 28, 192), (7, 7, 192)) == 'tree'
   assert dw.kernel_grad_form((8, 56, 56, 96), (7, 7, 96)) == 'fft'
   assert dw.kernel_grad_form((8, 56, 56, 124), (5, 5, 124)) == 'tree'
+  assert dw.kernel_grad_form((8, 14, 14, 384), (7, 7, 384)) == 'batch_tree'
+  assert dw.kernel_grad_form((8, 7, 7, 998), (5, 5, 998)) == 'batch_tree'
+  assert dw.kernel_grad_form((16, 14, 14, 384), (7, 7, 384)) == 'tree'
+  assert dw.kernel_grad_form((64, 4, 4, 192), (5, 5, 192)) == 'tree'
 
 
 def _tap_sum_fusions(x, k) -> int:
