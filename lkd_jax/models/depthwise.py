@@ -71,15 +71,26 @@ def _xla(x, kernel, pad_h, pad_w):
       dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
 
 
+# A shift sum of more taps than this is cut into chunks of whole kernel rows of at most
+# SHIFT_CHUNK_TAPS taps, each running sum written once (`_written`): in one fused loop XLA:CPU's
+# code runs several times slower per tap past ~100 taps (13x13 on 7x7x998 maps, batch 8: 33.0 ms
+# forward in one loop, 4.1 in 25-tap chunks; uncommitted probe).
+SHIFT_ONE_LOOP_TAPS = 49
+SHIFT_CHUNK_TAPS = 25
+
+
 def _shift_sum(x, kernel, pad_h, pad_w):
   kh, kw, _ = kernel.shape
   _, h, w, _ = x.shape
   xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+  rows = kh if kh * kw <= SHIFT_ONE_LOOP_TAPS else max(1, SHIFT_CHUNK_TAPS // kw)
   out = None
   for i in range(kh):
     for j in range(kw):
       t = xp[:, i:i + h, j:j + w, :] * kernel[i, j]
       out = t if out is None else out + t
+    if (i + 1) % rows == 0 and i + 1 < kh:
+      out = _written(out)  # the same order of additions as one chain, in several loops.
   return out
 
 
@@ -348,19 +359,25 @@ def pick_auto(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...],
   kh, kw, _ = kernel_shape
   kh, kw = min(kh, 2 * h - 1), min(kw, 2 * w - 1)
   # Measured on a 2-core AMD EPYC (benchmarks/results/depthwise_cpu.json), SLaK-T stage shapes:
-  if kh * kw <= 49:  # 5x5, 7x7: shift-and-add both ways (cache-blocked kernel gradient).
+  if kh * kw <= 49:  # 5x5, 7x7: shift-and-add both ways.
     return 'shift'
+  # Larger kernels on maps up to 14x14 (SLaK-T's stages 3-4): forward as shift sums in chunks of
+  # 25 taps (27x5 at 14x14x499, batch 8: 6.5 ms, `toeplitz_cm` 8.6; 13x13 at 7x7x998: 4.1, `fft`
+  # 17.6); forward+backward too on 7x7 maps (13x5, batch 8: 9.5 vs 13.2 ms with `toeplitz`), but
+  # not at 14x14 (27x5: 27.4 vs 20.3 ms). Uncommitted interleaved probes.
+  b = x_shape[0]
+  side = max(h, w)
   if min(kh, kw) > 7:  # large square (merged) kernels.
-    return 'fft'
-  # Kx5 / 5xK. Forward: the 1-D FFT along the long axis. (Shift-and-add is faster for a lone 13x5
-  # on 7x7 maps, but XLA fuses the shift sums of SLaK's parallel branches into one loop, and past
-  # ~120 taps per loop XLA:CPU's code runs ~3.5x slower per tap: kind slak_unit in depthwise.py.)
-  # Forward+backward: the banded matmul on maps of 28x28 and smaller, else the 2-D FFT.
-  small = (h if kh >= kw else w) <= 28
-  train = 'toeplitz' if small else 'fft'
-  # Forward on those maps from 8 images on: the banded matmul, channel-major (slak_unit rows).
-  infer = 'toeplitz_cm' if small and x_shape[0] >= TOEPLITZ_CM_CHUNK else 'fft1d'
-  return f'{infer}/{train}'
+    infer, train = ('shift' if side <= 14 else 'fft'), ('shift' if side <= 7 else 'fft')
+  else:  # Kx5 / 5xK.
+    # Forward: the 1-D FFT along the long axis, or from 8 images on maps <= 28 the channel-major
+    # banded matmul (slak_unit rows). Forward+backward: the banded matmul on maps <= 28, else the
+    # 2-D FFT.
+    small = (h if kh >= kw else w) <= 28
+    infer = 'shift' if side <= 14 else (
+        'toeplitz_cm' if small and b >= TOEPLITZ_CM_CHUNK else 'fft1d')
+    train = 'shift' if side <= 7 else ('toeplitz' if small else 'fft')
+  return infer if infer == train else f'{infer}/{train}'
 
 
 def _half_pads(kernel):

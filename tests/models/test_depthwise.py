@@ -15,7 +15,8 @@ IMPLS = ['xla', 'shift', 'fft', 'fft1d', 'toeplitz', 'toeplitz_cm', 'fft1d/toepl
 CASES = [((1, 12, 10, 3), (5, 5)), ((2, 8, 7, 3), (7, 3)), ((1, 8, 7, 2), (3, 9)),
          ((2, 9, 6, 3), (7, 7)), ((2, 10, 9, 2), (5, 11)),
          ((1, 4, 3, 2), (11, 3)), ((1, 3, 4, 2), (3, 11)), ((1, 4, 4, 2), (13, 13)),
-         ((1, 5, 4, 2), (5, 1)), ((1, 3, 5, 2), (1, 1))]
+         ((1, 5, 4, 2), (5, 1)), ((1, 3, 5, 2), (1, 1)),
+         ((1, 9, 8, 2), (13, 13)), ((2, 10, 9, 2), (11, 5))]  # > 49 taps: shift sums in chunks.
 
 
 def _ref(x, k):
@@ -76,11 +77,15 @@ def test_auto_rules_and_setter():
   assert dw.pick_auto((1, 56, 56, 8), (5, 5, 8), 'cpu') == 'shift'
   assert dw.pick_auto((1, 14, 14, 8), (7, 7, 8), 'cpu') == 'shift'
   assert dw.pick_auto((1, 56, 56, 8), (51, 5, 8), 'cpu') == 'fft1d/fft'
-  assert dw.pick_auto((1, 14, 14, 8), (47, 5, 8), 'cpu') == 'fft1d/toeplitz'
-  assert dw.pick_auto((1, 7, 7, 8), (5, 13, 8), 'cpu') == 'fft1d/toeplitz'  # not shift: slak_unit
+  assert dw.pick_auto((1, 14, 14, 8), (47, 5, 8), 'cpu') == 'shift/toeplitz'
+  assert dw.pick_auto((1, 28, 28, 8), (49, 5, 8), 'cpu') == 'fft1d/toeplitz'
+  assert dw.pick_auto((1, 7, 7, 8), (5, 13, 8), 'cpu') == 'shift'
+  assert dw.pick_auto((1, 7, 7, 8), (13, 13, 8), 'cpu') == 'shift'
+  assert dw.pick_auto((1, 14, 14, 8), (47, 47, 8), 'cpu') == 'shift/fft'
   assert dw.pick_auto((1, 56, 56, 8), (51, 51, 8), 'cpu') == 'fft'
-  assert dw.pick_auto((8, 14, 14, 8), (47, 5, 8), 'cpu') == 'toeplitz_cm/toeplitz'
-  assert dw.pick_auto((32, 7, 7, 8), (5, 13, 8), 'cpu') == 'toeplitz_cm/toeplitz'
+  assert dw.pick_auto((8, 14, 14, 8), (47, 5, 8), 'cpu') == 'shift/toeplitz'
+  assert dw.pick_auto((8, 28, 28, 8), (49, 5, 8), 'cpu') == 'toeplitz_cm/toeplitz'
+  assert dw.pick_auto((32, 7, 7, 8), (5, 13, 8), 'cpu') == 'shift'
   assert dw.pick_auto((8, 56, 56, 8), (51, 5, 8), 'cpu') == 'fft1d/fft'
   x, k = _data((1, 6, 5, 2), (3, 3))
   try:
@@ -116,7 +121,7 @@ def test_toeplitz_matrix_is_banded_kernel():
 
 
 @pytest.mark.parametrize('form', sorted(dw._KERNEL_GRADS))
-@pytest.mark.parametrize('shape,ks', [CASES[0], CASES[3], CASES[4], CASES[5]])
+@pytest.mark.parametrize('shape,ks', [CASES[0], CASES[3], CASES[4], CASES[5], CASES[10]])
 def test_shift_kernel_gradient_forms(monkeypatch, form, shape, ks):
   monkeypatch.setattr(dw, 'KERNEL_GRAD_FORM', form)
   x, k = _data(shape, ks)
@@ -152,3 +157,11 @@ def test_shift_output_is_computed_once(monkeypatch):
   assert _tap_sum_fusions(x, k) == 2  # the forward and the input gradient.
   monkeypatch.setattr(dw, 'MATERIALIZE', False)
   assert _tap_sum_fusions(x, k) > 25
+
+
+def test_long_shift_sums_run_in_chunks():
+  """A 13x13 shift sum (169 taps) is several fused loops of whole kernel rows, not one."""
+  x, k = _data((1, 9, 8, 2), (13, 13))
+  txt = jax.jit(lambda x, k: dw.depthwise_conv(x, k, 'shift')).lower(x, k).compile().as_text()
+  slices = [c.count(' slice(') for c in txt.split('\n\n')]
+  assert sum(slices) >= 169 and max(slices) <= 2 * dw.SHIFT_CHUNK_TAPS + 2
