@@ -360,24 +360,25 @@ def pick_auto(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...],
   kh, kw, _ = kernel_shape
   kh, kw = min(kh, 2 * h - 1), min(kw, 2 * w - 1)
   # Measured on a 2-core AMD EPYC (benchmarks/results/depthwise_cpu.json), SLaK-T stage shapes:
-  if kh * kw <= 49:  # 5x5, 7x7: shift-and-add both ways.
-    return 'shift'
-  # Larger kernels on maps up to 14x14 (SLaK-T's stages 3-4): forward as shift sums in chunks of
-  # 25 taps (27x5 at 14x14x499, batch 8: 6.5 ms, `toeplitz_cm` 8.6; 13x13 at 7x7x998: 4.1, `fft`
-  # 17.6); forward+backward too on 7x7 maps (13x5, batch 8: 9.5 vs 13.2 ms with `toeplitz`), but
-  # not at 14x14 (27x5: 27.4 vs 20.3 ms). Uncommitted interleaved probes.
-  b = x_shape[0]
   side = max(h, w)
+  # 5x5, 7x7: shift-and-add both ways. Larger kernels on maps up to 7x7 (SLaK-T's stage 4) too,
+  # as shift sums in chunks of 25 taps (13x5, batch 8: 9.5 ms fwd+bwd vs 13.2 with `toeplitz`).
+  if kh * kw <= 49 or side <= 7:
+    return 'shift'
   if min(kh, kw) > 7:  # large square (merged) kernels.
-    infer, train = ('shift' if side <= 14 else 'fft'), ('shift' if side <= 7 else 'fft')
+    infer = train = 'fft'
   else:  # Kx5 / 5xK.
     # Forward: the 1-D FFT along the long axis, or from 8 images on maps <= 28 the channel-major
     # banded matmul (slak_unit rows). Forward+backward: the banded matmul on maps <= 28, else the
     # 2-D FFT.
     small = (h if kh >= kw else w) <= 28
-    infer = 'shift' if side <= 14 else (
-        'toeplitz_cm' if small and b >= TOEPLITZ_CM_CHUNK else 'fft1d')
-    train = 'shift' if side <= 7 else ('toeplitz' if small else 'fft')
+    infer = 'toeplitz_cm' if small and x_shape[0] >= TOEPLITZ_CM_CHUNK else 'fft1d'
+    train = 'toeplitz' if small else 'fft'
+  # Forward on maps up to 14x14 (stage 3): shift sums (27x5 at 14x14x499, batch 8: 6.5 ms,
+  # `toeplitz_cm` 8.6; 27x27: 29 vs 46 with `fft`), but not forward+backward (27x5: 27.4 vs 20.3).
+  # Uncommitted interleaved probes.
+  if side <= 14:
+    infer = 'shift'
   return infer if infer == train else f'{infer}/{train}'
 
 
