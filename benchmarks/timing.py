@@ -55,7 +55,7 @@ def compiled_train_grad(model: nnx.Module, x: jax.Array) -> Callable[[], Any]:
   graph, params, rest = nnx.split(model, nnx.Param, ...)
 
   def loss(p):
-    logits, _ = nnx.merge(graph, p, rest)(x, train=True)
+    logits, _ = nnx.merge(graph, p, rest, copy=True)(x, train=True)
     return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
   fn = jax.jit(jax.grad(loss))
   jax.block_until_ready(fn(params))

@@ -14,7 +14,11 @@ Every dense conv in the zoo is built by `layers.conv`, which hands `conv_general
   matmuls, one per kernel row over its kw shifted slices stacked on channels (im2col by rows; custom
   VJP). Measured fwd+bwd speed-ups over `xla` (benchmarks/dense_conv.py, 2-core CPU, batch 8):
   1x1 2.4-5.8x, patchify 2.7-2.9x, ResNet-50's 7x7/2 stem 2.4x, its 3x3 convs 1.0-1.2x.
-- `auto`: `matmul` on CPU, `xla` on GPU/TPU (whose convolution libraries are matmul-based already).
+- `auto`: `matmul` on CPU, `xla` on GPU/TPU (whose convolution libraries are matmul-based already);
+  except that on AVX-512 CPUs the kxk convs that are not patchify stay `xla`: there XLA's own kernel
+  gradient beats the rows of matmuls (batch 8: ResNet-50's 3x3 convs 14-24 vs 16-33 ms, its stem 49
+  vs 55 ms; the ResNet-50 train step 1.59 vs 1.64 s, README), while on AVX2 XLA's convs were 1.1-1.5x
+  (3x3) and 3.2x (stem) slower fwd+bwd (benchmarks/results/dense_conv_cpu.json).
 
 All forms give the convolution's output and gradients up to float rounding (tests/models/test_conv.py).
 """
@@ -27,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lkd_jax import environment
 from lkd_jax.models.switch import ImplSwitch
 
 CONV_IMPLS = ('auto', 'xla', 'matmul')
@@ -137,7 +142,7 @@ def _is_nhwc(dimension_numbers: Any, lhs_ndim: int) -> bool:
 def conv_form(x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[int],
               padding: Any, backend: str | None = None, impl: str | None = None) -> str:
   """Which form a conv of these shapes takes: 'pointwise', 'patchify', 'im2col_grad' or 'xla'."""
-  impl = _SWITCH.resolve(impl, backend)
+  asked, impl = impl or _SWITCH.get(), _SWITCH.resolve(impl, backend)
   if impl == 'xla':
     return 'xla'
   kh, kw = w_shape[0], w_shape[1]
@@ -149,7 +154,12 @@ def conv_form(x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[
     return 'pointwise'
   if (kh, kw) == tuple(strides) and no_pad:
     return 'patchify'
-  return 'im2col_grad'
+  return 'xla' if asked == 'auto' and _host_isa() == 'avx512f' else 'im2col_grad'
+
+
+@functools.cache
+def _host_isa() -> str:
+  return environment.cpu_isa()
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,

@@ -64,6 +64,17 @@ def test_auto_is_matmul_on_cpu_only_and_setter_rejects_unknown():
     conv.set_conv_impl('nope')
 
 
+@pytest.mark.parametrize('isa,kxk', [('avx512f', 'xla'), ('avx2', 'im2col_grad')])
+def test_auto_leaves_kxk_convs_to_xla_on_avx512_hosts_only(monkeypatch, isa, kxk):
+  monkeypatch.setattr(conv, '_host_isa', lambda: isa)
+  forms = {ks: conv.conv_form(xs, ks[:2] + (xs[-1], ks[2]), (s, s), ((p, p), (p, p)), backend='cpu')
+           for xs, ks, s, p, _ in CASES}
+  assert forms[(1, 1, 4)] == 'pointwise' and forms[(4, 4, 5)] == 'patchify'
+  assert forms[(3, 3, 3)] == forms[(7, 7, 3)] == kxk
+  assert conv.conv_form((1, 6, 6, 2), (3, 3, 2, 3), (1, 1), ((1, 1), (1, 1)), impl='matmul',
+                        backend='cpu') == 'im2col_grad'
+
+
 def test_grouped_dilated_and_string_padding_fall_back_to_xla():
   x, w = _data((1, 6, 6, 4), (1, 1, 4))
   ref = jax.lax.conv_general_dilated(x, w[:, :, :2], (1, 1), 'VALID',
