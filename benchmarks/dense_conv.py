@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from depthwise import TORCH_NOTE, Timer, add_timer_args, torch, torch_module_fns, use_all_cores  # noqa: E402  (benchmarks/depthwise.py)
 from emit import add_output_args, device_fields, emit  # noqa: E402
-from timing import add_host_malloc_arg, apply_host_malloc  # noqa: E402
+from timing import add_host_malloc_arg, apply_host_malloc, jit  # noqa: E402
 from lkd_jax.models import conv  # noqa: E402
 
 # (name, input hw, cin, cout, k, stride, pad): every distinct conv shape of ResNet-50 (torchvision
@@ -42,8 +42,8 @@ def jax_fns(x, w, stride, pad, impl, grad_x: bool):
   def f(x, w):
     return conv.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), impl=impl)
-  fwd = jax.jit(f)
-  grad = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.square(f(x, w))), (0, 1) if grad_x else 1))
+  fwd = jit(f)
+  grad = jit(jax.grad(lambda x, w: jnp.sum(jnp.square(f(x, w))), (0, 1) if grad_x else 1))
   return (lambda: jax.block_until_ready(fwd(x, w)),
           lambda: jax.block_until_ready(grad(x, w)))
 

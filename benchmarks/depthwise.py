@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import depthwise as dw  # noqa: E402
-from timing import add_host_malloc_arg, apply_host_malloc, medians, time_interleaved  # noqa: E402
+from timing import add_host_malloc_arg, apply_host_malloc, jit, medians, time_interleaved  # noqa: E402
 
 try:
   import torch
@@ -91,8 +91,8 @@ def jax_fns(x, ks, impl):
   `impl` is one impl for all, or one per kernel joined by '+' (as the `auto` label names them)."""
   impls = impl.split('+') if '+' in impl else [impl] * len(ks)
   conv = lambda x, ks: sum(dw.depthwise_conv(x, k, i) for k, i in zip(ks, impls, strict=True))
-  fwd = jax.jit(conv)
-  grad = jax.jit(jax.grad(lambda x, ks: jnp.sum(jnp.square(conv(x, ks))), (0, 1)))
+  fwd = jit(conv)
+  grad = jit(jax.grad(lambda x, ks: jnp.sum(jnp.square(conv(x, ks))), (0, 1)))
   return (lambda: jax.block_until_ready(fwd(x, ks)),
           lambda: jax.block_until_ready(grad(x, ks)))
 

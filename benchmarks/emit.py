@@ -29,10 +29,13 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
 
 
 def device_fields() -> dict[str, Any]:
-  """`device` (JAX's first device, and the host CPU model and core count) and `gpu_note` for a result."""
+  """`device` (JAX's first device, and the host CPU model and core count), `gpu_note` and the
+  `xla_compiler_options` every jit of the run used, for a result."""
   import jax  # the input-pipeline benchmark imports this module without needing jax's devices.
+  from lkd_jax import xla_options
   d = jax.devices()[0]
   return dict(device=f'{d.device_kind} ({jax.default_backend()}); host {cpu_model()} '
                      f'({cpu_isa()}), {os.cpu_count()} cores',
               gpu_note='no accelerator lent to this session: CPU only'
-              if jax.default_backend() == 'cpu' else None)
+              if jax.default_backend() == 'cpu' else None,
+              xla_compiler_options=xla_options.compiler_options())

@@ -48,7 +48,7 @@ from lkd_jax.models import depthwise as dw  # noqa: E402
 from lkd_jax.models import layers  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
 from lkd_jax.models import slak  # noqa: E402
-from timing import add_host_malloc_arg, apply_host_malloc, medians, time_interleaved  # noqa: E402
+from timing import add_host_malloc_arg, apply_host_malloc, jit, medians, time_interleaved  # noqa: E402
 
 try:
   import torch
@@ -97,9 +97,9 @@ def build_jax(teacher_name, student_name, teacher_form='branches'):
   def step(s_params, s_stats, opt_state, t_state, x, labels):
     return student_update(s_params, s_stats, opt_state, teacher_fwd(t_state, x), x, labels)
 
-  step_j = jax.jit(step, donate_argnums=(0, 1, 2))
-  student_j = jax.jit(student_update, donate_argnums=(0, 1, 2))
-  tfwd_j = jax.jit(teacher_fwd)
+  step_j = jit(step, donate_argnums=(0, 1, 2))
+  student_j = jit(student_update, donate_argnums=(0, 1, 2))
+  tfwd_j = jit(teacher_fwd)
   state = {'s': (s_params, s_stats, opt_state)}
 
   def update(fn, *args):

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import layers, registry  # noqa: E402
 from timing import (add_host_malloc_arg, apply_host_malloc, compiled_forward, compiled_train_grad,  # noqa: E402
-                    time_interleaved)
+                    jit, time_interleaved)
 
 
 def _dw_ln_case(batch: int, impl: str):
@@ -35,7 +35,7 @@ def _dw_ln_case(batch: int, impl: str):
   ln = layers.layer_norm(96, 1e-6, nnx.Rngs(0))
   graph, state = nnx.split(ln)
   layers.set_layer_norm_impl(impl)
-  fn = jax.jit(lambda s, x, k: nnx.merge(graph, s)(layers.depthwise_conv(x, k)))
+  fn = jit(lambda s, x, k: nnx.merge(graph, s)(layers.depthwise_conv(x, k)))
   jax.block_until_ready(fn(state, x, k))  # compiles under `impl`.
   return lambda: jax.block_until_ready(fn(state, x, k))
 

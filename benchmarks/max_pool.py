@@ -21,7 +21,7 @@ from flax import nnx
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from depthwise import TORCH_NOTE, Timer, add_timer_args, torch, torch_module_fns, use_all_cores  # noqa: E402  (benchmarks/depthwise.py)
 from emit import add_output_args, device_fields, emit  # noqa: E402
-from timing import add_host_malloc_arg, apply_host_malloc  # noqa: E402
+from timing import add_host_malloc_arg, apply_host_malloc, jit  # noqa: E402
 from lkd_jax.models import pool  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def reduce_window_pool(x: jax.Array) -> jax.Array:
 
 
 def jax_fns(f, x):
-  fwd, grad = jax.jit(f), jax.jit(jax.grad(lambda x: jnp.sum(jnp.square(f(x)))))
+  fwd, grad = jit(f), jit(jax.grad(lambda x: jnp.sum(jnp.square(f(x)))))
   return lambda: jax.block_until_ready(fwd(x)), lambda: jax.block_until_ready(grad(x))
 
 

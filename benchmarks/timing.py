@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lkd_jax import xla_options
 from lkd_jax.host_malloc import HOST_MALLOC_MODES, tune_host_malloc
 
 
@@ -39,12 +40,17 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int, budget_s: flo
   return times
 
 
+def jit(fn: Callable, **kwargs) -> Callable:
+  """`jax.jit` with the compiler options the library's own steps use (lkd_jax.xla_options)."""
+  return jax.jit(fn, compiler_options=xla_options.compiler_options(), **kwargs)
+
+
 def compiled_forward(model: nnx.Module, x: jax.Array, under_vjp: bool = False) -> Callable[[], Any]:
   """A blocking call of `model`'s jitted eval forward on `x`, compiled now (under the impl switches
   set now); with `under_vjp`, traced under jax.vjp w.r.t. `x` and the VJP dropped."""
   graph, state = nnx.split(model)
   fwd = lambda s, x: nnx.merge(graph, s)(x, train=False)[0]
-  fn = jax.jit((lambda s, x: jax.vjp(lambda x: fwd(s, x), x)[0]) if under_vjp else fwd)
+  fn = jit((lambda s, x: jax.vjp(lambda x: fwd(s, x), x)[0]) if under_vjp else fwd)
   jax.block_until_ready(fn(state, x))
   return lambda: jax.block_until_ready(fn(state, x))
 
@@ -57,7 +63,7 @@ def compiled_train_grad(model: nnx.Module, x: jax.Array) -> Callable[[], Any]:
   def loss(p):
     logits, _ = nnx.merge(graph, p, rest, copy=True)(x, train=True)
     return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
-  fn = jax.jit(jax.grad(loss))
+  fn = jit(jax.grad(loss))
   jax.block_until_ready(fn(params))
   return lambda: jax.block_until_ready(fn(params))
 
