@@ -4,10 +4,12 @@
 
 Each case times forward and forward+backward (loss sum(y**2); gradients wrt input and kernel, or
 kernel only for the stems, whose input is the image) of `lkd_jax.models.conv` with impl `xla`
-(lax.conv_general_dilated) and `matmul` (the form `auto` takes on CPU: pointwise / patchify 2-D
-matmul, or XLA conv with the im2col-by-rows kernel gradient), and of torch `nn.Conv2d` in NCHW and
-channels_last. Calls alternate inside each repetition; times are medians in ms (224 px input).
-`ratio` = JAX matmul fwd+bwd / torch NCHW fwd+bwd; `speedup` = JAX xla / JAX matmul fwd+bwd.
+(lax.conv_general_dilated) and `matmul` (pointwise / patchify 2-D matmul, or XLA conv with the
+im2col-by-rows kernel gradient), and of torch `nn.Conv2d` in NCHW and channels_last. `auto_form` is
+the form `auto` takes on this host (`matmul`'s on CPU, but `xla` for kxk convs on AVX-512 hosts).
+JAX jits take the library's compiler options (lkd_jax.xla_options). Calls alternate inside each
+repetition; times are medians in ms (224 px input). `ratio` = JAX auto fwd+bwd / torch NCHW
+fwd+bwd; `speedup` = JAX xla / JAX matmul fwd+bwd.
 """
 from __future__ import annotations
 
@@ -83,21 +85,23 @@ def main(argv=None):
         fns[f'torch_{tag}_fwd'], fns[f'torch_{tag}_fwd_bwd'] = torch_fns(xn, wn, s, pad, cl, grad_x)
     t0 = time.perf_counter()
     res = Timer(fns, a.budget, a.min_reps, a.max_reps).run()
+    form = lambda impl: conv.conv_form(x.shape, w.shape, (s, s), ((pad, pad),) * 2, impl=impl)
+    auto = 'xla' if form('auto') == 'xla' else 'matmul'  # the column `auto` runs on this host.
     row = dict(case=name, hw=hw, cin=ci, cout=co, kernel=k, stride=s, batch=a.batch,
-               grads='input+kernel' if grad_x else 'kernel',
-               matmul_form=conv.conv_form(x.shape, w.shape, (s, s), ((pad, pad),) * 2, impl='matmul'),
+               grads='input+kernel' if grad_x else 'kernel', matmul_form=form('matmul'),
+               auto_form=form('auto'),
                **{k_: (round(v, 2) if k_ != 'reps' else v) for k_, v in res.items()},
                wall_s=round(time.perf_counter() - t0, 2))
     row['speedup'] = round(res['jax_xla_fwd_bwd'] / res['jax_matmul_fwd_bwd'], 2)
     if torch is not None:
-      row['ratio'] = round(res['jax_matmul_fwd_bwd'] / res['torch_nchw_fwd_bwd'], 3)
+      row['ratio'] = round(res[f'jax_{auto}_fwd_bwd'] / res['torch_nchw_fwd_bwd'], 3)
     rows.append(row)
     print(f'# {name}: ' + ' '.join(f'{k_}={v:.2f}' for k_, v in res.items() if k_ != 'reps'),
           file=sys.stderr, flush=True)
   out = dict(
       benchmark='dense_conv', **device_fields(),
       jax=jax.__version__, torch=None if torch is None else torch.__version__, torch_note=TORCH_NOTE,
-      host_malloc=host_malloc, units='ms (median)', ratio_definition='JAX matmul fwd+bwd / torch NCHW fwd+bwd',
+      host_malloc=host_malloc, units='ms (median)', ratio_definition='JAX auto (the xla or matmul column, as auto_form says) fwd+bwd / torch NCHW fwd+bwd',
       speedup_definition='JAX xla fwd+bwd / JAX matmul fwd+bwd', cases=rows)
   emit(out, a.out, a.json)
 

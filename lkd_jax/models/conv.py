@@ -12,13 +12,15 @@ Every dense conv in the zoo is built by `layers.conv`, which hands `conv_general
   kernel gradient transposes its input explicitly: `_weight_grad`). Other
   kernels keep XLA's convolution forward and input gradient, and take the kernel gradient as kh
   matmuls, one per kernel row over its kw shifted slices stacked on channels (im2col by rows; custom
-  VJP). Measured fwd+bwd speed-ups over `xla` (benchmarks/dense_conv.py, 2-core CPU, batch 8):
-  1x1 2.4-5.8x, patchify 2.7-2.9x, ResNet-50's 7x7/2 stem 2.4x, its 3x3 convs 1.0-1.2x.
+  VJP). Measured fwd+bwd speed-ups over `xla` (benchmarks/dense_conv.py, 2-core CPU, batch 8): on
+  an AVX2 VM with XLA's convs on YNNPACK, 1x1 2.4-5.8x, patchify 2.7-2.9x, ResNet-50's 7x7/2 stem
+  2.4x, its 3x3 convs 1.0-1.2x; on an AVX-512 VM with them on Eigen, 1x1 0.8-1.5x, patchify 1.2-1.6x.
 - `auto`: `matmul` on CPU, `xla` on GPU/TPU (whose convolution libraries are matmul-based already);
   except that on AVX-512 CPUs the kxk convs that are not patchify stay `xla`: there XLA's own kernel
-  gradient beats the rows of matmuls (batch 8: ResNet-50's 3x3 convs 14-24 vs 16-33 ms, its stem 49
-  vs 55 ms; the ResNet-50 train step 1.59 vs 1.64 s, README), while on AVX2 XLA's convs were 1.1-1.5x
-  (3x3) and 3.2x (stem) slower fwd+bwd (benchmarks/results/dense_conv_cpu.json).
+  gradient beats the rows of matmuls (batch 8, fwd+bwd, XLA's convs on Eigen as lkd_jax.xla_options
+  sets them: ResNet-50's 3x3 convs 30-40 vs 33-48 ms, a tie at 7x7, its stem 38 vs 58 ms; the train step
+  1.61 vs 1.72 s; README), while on an AVX2 VM, with XLA's convs then on YNNPACK, they were 1.1-1.5x
+  (3x3) and 3.2x (stem) slower (benchmarks/results/dense_conv_cpu.json).
 
 All forms give the convolution's output and gradients up to float rounding (tests/models/test_conv.py).
 """
