@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lkd_jax import xla_options
+from lkd_jax.xla_options import jit  # the library's jit; the scripts import it from here too.
 from lkd_jax.host_malloc import HOST_MALLOC_MODES, tune_host_malloc
 
 
@@ -38,11 +38,6 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int, budget_s: flo
     if r + 1 >= min_reps and time.perf_counter() - start > budget_s:
       break
   return times
-
-
-def jit(fn: Callable, **kwargs) -> Callable:
-  """`jax.jit` with the compiler options the library's own steps use (lkd_jax.xla_options)."""
-  return jax.jit(fn, compiler_options=xla_options.compiler_options(), **kwargs)
 
 
 def compiled_forward(model: nnx.Module, x: jax.Array, under_vjp: bool = False) -> Callable[[], Any]:

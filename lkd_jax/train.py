@@ -187,13 +187,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info('Resumed from %s at step %d.', ckpt_dir, start)
 
   repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  options = xla_options.compiler_options()
-  train_fn = jax.jit(
+  train_fn = xla_options.jit(
       functools.partial(step_lib.train_step, graphs=graphs, tx=tx, lr_fn=lr_fn, cfg=config),
-      in_shardings=(repl, repl, batch_sh), out_shardings=(repl, repl), donate_argnums=(0,),
-      compiler_options=options)
-  eval_fn = jax.jit(functools.partial(step_lib.eval_step, graph=graphs.student,
-                                      rest=graphs.student_rest), compiler_options=options)
+      in_shardings=(repl, repl, batch_sh), out_shardings=(repl, repl), donate_argnums=(0,))
+  eval_fn = xla_options.jit(functools.partial(step_lib.eval_step, graph=graphs.student,
+                                              rest=graphs.student_rest))
 
   def do_eval(s: step_lib.TrainState) -> dict[str, float]:
     out = evaluate(eval_fn, s.params['student'], s.batch_stats, data.eval(), mesh)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import functools
 import re
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -63,3 +63,8 @@ def compiler_options(backend: str | None = None) -> dict[str, Any] | None:
     return None
   kept = collections.Counter({ops: n for ops, n in default.items() if 'convolution' not in ops})
   return dict(_WITHOUT_CONVOLUTIONS) if changed == kept else None
+
+
+def jit(fn: Callable, **kwargs) -> Callable:
+  """`jax.jit` with `compiler_options()`: how the library's steps and the benchmarks compile."""
+  return jax.jit(fn, compiler_options=compiler_options(), **kwargs)
