@@ -379,6 +379,10 @@ def pick_auto(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...],
   # Uncommitted interleaved probes.
   if side <= 14:
     infer = 'shift'
+    # Kx5 / 5xK at batch 1-2: shift both ways (47x5 at 14x14x499 fwd+bwd, batch 1: 3.6 vs 4.1 ms;
+    # batch 4 a tie, batch 8 30.7 vs 21.3; benchmarks/results/depthwise_cpu_s3_small_batch.json).
+    if min(kh, kw) <= 7 and x_shape[0] <= 2:
+      train = 'shift'
   return infer if infer == train else f'{infer}/{train}'
 
 
