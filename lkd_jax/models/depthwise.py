@@ -11,14 +11,16 @@ and the same gradients up to float rounding:
   small maps and batches, after adding them image by image), or for 49+ taps on maps over 28x28 one
   FFT correlation summed over the batch in the spectrum. Its output
   is written once (`_materialize`), and sums of more than 49 taps run in chunks. Best on CPU for
-  small kernels, and for large ones on maps up to 14x14 (forward) or 7x7 (forward+backward).
+  small kernels, and for large ones on maps up to 14x14 (forward) or 7x7 (forward+backward; Kx5 /
+  5xK on 14x14 maps at batch 1-2 too).
 - `fft`: rfft2 product over a grid of H+kh-1 x W+kw-1 (rounded up to a fast size). Best on CPU for
   Kx5 / 5xK forward+backward on 56x56 maps and for large square (merged 51x51) kernels.
 - `fft1d`: for a rectangular kernel, an rfft along the long axis only, the short-axis taps as
   shifted products of the spectra. Best on CPU for the Kx5 / 5xK forward on 28x28-56x56 maps.
 - `toeplitz`: for a rectangular kernel, the long axis becomes a per-channel banded (H x H) matrix
   applied as a batched matmul, summed over the short-axis taps. Best on CPU for Kx5 / 5xK
-  forward+backward on 28x28 and 14x14 maps; the matmul form for tensor cores / the MXU.
+  forward+backward on 28x28 maps and on 14x14 from batch 4; the matmul form for tensor cores / the
+  MXU.
 
 `auto` may pair two forms, 'inference/training': a frozen teacher's forward takes the first, a
 differentiated call takes the second's forward and backward (`_split`).
