@@ -376,15 +376,15 @@ def pick_auto(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...],
     small = (h if kh >= kw else w) <= 28
     infer = 'toeplitz_cm' if small and x_shape[0] >= TOEPLITZ_CM_CHUNK else 'fft1d'
     train = 'toeplitz' if small else 'fft'
+    # ... but on maps up to 14x14 at batch 1-2 shift sums (47x5 at 14x14x499 fwd+bwd, batch 1: 3.6
+    # vs 4.1 ms; batch 4 a tie, batch 8 30.7 vs 21.3; results/depthwise_cpu_s3_small_batch.json).
+    if side <= 14 and x_shape[0] <= 2:
+      train = 'shift'
   # Forward on maps up to 14x14 (stage 3): shift sums (27x5 at 14x14x499, batch 8: 6.5 ms,
   # `toeplitz_cm` 8.6; 27x27: 29 vs 46 with `fft`), but not forward+backward (27x5: 27.4 vs 20.3).
   # Uncommitted interleaved probes.
   if side <= 14:
     infer = 'shift'
-    # Kx5 / 5xK at batch 1-2: shift both ways (47x5 at 14x14x499 fwd+bwd, batch 1: 3.6 vs 4.1 ms;
-    # batch 4 a tie, batch 8 30.7 vs 21.3; benchmarks/results/depthwise_cpu_s3_small_batch.json).
-    if min(kh, kw) <= 7 and x_shape[0] <= 2:
-      train = 'shift'
   return infer if infer == train else f'{infer}/{train}'
 
 
