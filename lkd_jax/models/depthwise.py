@@ -11,16 +11,20 @@ and the same gradients up to float rounding:
   small maps and batches, after adding them image by image), or for 49+ taps on maps over 28x28 one
   FFT correlation summed over the batch in the spectrum. Its output
   is written once (`_materialize`), and sums of more than 49 taps run in chunks. Best on CPU for
-  small kernels, and for large ones on maps up to 14x14 (forward) or 7x7 (forward+backward; Kx5 /
-  5xK on 14x14 maps at batch 1-2 too).
+  5x5 kernels, and for larger ones on 7x7 maps.
+- `shift_cb`: the same sums and VJP on a channel-blocked copy of the input, (C/8 * B, H, W, 8), so
+  that a tap's rows lie close in memory; each loop keeps 4 independent sums. Best on CPU for 7x7
+  kernels both ways, for the Kx5 / 5xK forward on 14x14-56x56 maps and the merged-kernel one on
+  14x14, and for Kx5 / 5xK forward+backward on 56x56 maps and at batch 1-2 on 14x14.
 - `fft`: rfft2 product over a grid of H+kh-1 x W+kw-1 (rounded up to a fast size). Best on CPU for
-  Kx5 / 5xK forward+backward on 56x56 maps and for large square (merged 51x51) kernels.
+  large square (merged 51x51) kernels.
 - `fft1d`: for a rectangular kernel, an rfft along the long axis only, the short-axis taps as
-  shifted products of the spectra. Best on CPU for the Kx5 / 5xK forward on 28x28-56x56 maps.
+  shifted products of the spectra.
 - `toeplitz`: for a rectangular kernel, the long axis becomes a per-channel banded (H x H) matrix
   applied as a batched matmul, summed over the short-axis taps. Best on CPU for Kx5 / 5xK
   forward+backward on 28x28 maps and on 14x14 from batch 4; the matmul form for tensor cores / the
   MXU.
+- `toeplitz_cm`: `toeplitz` with the channel axis moved first, a forward form.
 
 `auto` may pair two forms, 'inference/training': a frozen teacher's forward takes the first, a
 differentiated call takes the second's forward and backward (`_split`).
@@ -39,7 +43,7 @@ import jax.numpy as jnp
 
 from lkd_jax.models.switch import ImplSwitch
 
-DEPTHWISE_IMPLS = ('auto', 'xla', 'shift', 'fft', 'fft1d', 'toeplitz', 'toeplitz_cm')
+DEPTHWISE_IMPLS = ('auto', 'xla', 'shift', 'shift_cb', 'fft', 'fft1d', 'toeplitz', 'toeplitz_cm')
 _SWITCH = ImplSwitch('depthwise', DEPTHWISE_IMPLS)
 set_depthwise_impl, get_depthwise_impl = _SWITCH.set, _SWITCH.get
 
@@ -198,27 +202,87 @@ def _written(y: jax.Array) -> jax.Array:
   return _materialize(y) if MATERIALIZE and jax.default_backend() == 'cpu' else y
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _shift(x, kernel, pad_h, pad_w):
-  """Sum of kh*kw shifted, channel-scaled slices; backward by the same form (custom VJP)."""
-  return _written(_shift_sum(x, kernel, pad_h, pad_w))
+def _with_shift_vjp(tap_sum: Callable) -> Callable:
+  """`tap_sum(x, kernel, pad_h, pad_w)` (a shift sum, its output written once) with the shift forms'
+  custom VJP: the input gradient is the same sum on g with the flipped kernel, pads swapped; the
+  kernel gradient one of _KERNEL_GRADS (`kernel_grad_form`)."""
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+  def form(x, kernel, pad_h, pad_w):
+    return tap_sum(x, kernel, pad_h, pad_w)
+
+  def fwd(x, kernel, pad_h, pad_w):
+    return tap_sum(x, kernel, pad_h, pad_w), (x, kernel)
+
+  def bwd(pad_h, pad_w, res, g):
+    x, kernel = res
+    g = _written(g)  # read by every tap of the kernel gradient.
+    gx = tap_sum(g, kernel[::-1, ::-1], pad_h[::-1], pad_w[::-1])
+    kernel_grad = _KERNEL_GRADS[kernel_grad_form(x.shape, kernel.shape)]
+    gk = kernel_grad(x, g, kernel.shape, pad_h, pad_w)
+    return gx, gk.astype(kernel.dtype)
+
+  form.defvjp(fwd, bwd)
+  return form
 
 
-def _shift_fwd(x, kernel, pad_h, pad_w):
-  return _written(_shift_sum(x, kernel, pad_h, pad_w)), (x, kernel)
+# Sum of kh*kw shifted, channel-scaled slices, in NHWC.
+_shift = _with_shift_vjp(lambda *args: _written(_shift_sum(*args)))
 
 
-def _shift_bwd(pad_h, pad_w, res, g):
-  x, kernel = res
-  g = _written(g)  # read by every tap of the kernel gradient.
-  # The input gradient is the correlation of g with the flipped kernel, pads swapped.
-  gx = _written(_shift_sum(g, kernel[::-1, ::-1], pad_h[::-1], pad_w[::-1]))
-  kernel_grad = _KERNEL_GRADS[kernel_grad_form(x.shape, kernel.shape)]
-  gk = kernel_grad(x, g, kernel.shape, pad_h, pad_w)
-  return gx, gk.astype(kernel.dtype)
+# `shift_cb` computes on channel blocks of this many lanes (one 256-bit vector of fp32, the width
+# XLA:CPU vectorizes its loops to on these hosts), each block of each image a contiguous (H, W, 8) plane.
+SHIFT_CB_LANES = 8
+# Taps per loop of `shift_cb`, its sums split evenly (255 taps: 6 loops of 43, not 5 of 50 and one of 5),
+# and the running accumulators per loop.
+SHIFT_CB_CHUNK_TAPS = 50
+SHIFT_CB_ACCUMULATORS = 4
 
 
-_shift.defvjp(_shift_fwd, _shift_bwd)
+def _pairwise(terms: list[jax.Array]) -> jax.Array:
+  """Sum of `terms` as a balanced tree."""
+  while len(terms) > 1:
+    terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+  return terms[0]
+
+
+def _shift_cb_sum(x, kernel, pad_h, pad_w):
+  """The shift sum on a channel-blocked copy of the input: (C/8 * B, H, W, 8), back to NHWC after.
+
+  In NHWC a tap's rows lie W*C floats apart, so a 51-row kernel on a 56x56x124 map reads 1.4 MB per
+  output row and XLA:CPU's loop runs from L3 (8-20 GMAC/s); on 8-channel planes the same rows take
+  100 KB. Each loop of at most SHIFT_CB_CHUNK_TAPS taps keeps SHIFT_CB_ACCUMULATORS independent sums
+  (one add chain per output is bound by the FMA latency) and is written once (`_written`).
+  """
+  kh, kw, c = kernel.shape
+  b, h, w, _ = x.shape
+  lanes = SHIFT_CB_LANES
+  cp = -(-c // lanes) * lanes
+  hp, wp = h + sum(pad_h), w + sum(pad_w)
+  xb = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, cp - c))).reshape(b, hp, wp, cp // lanes, lanes)
+  xb = _written(xb.transpose(3, 0, 1, 2, 4).reshape(cp // lanes * b, hp, wp, lanes))
+  kb = jnp.pad(kernel, ((0, 0), (0, 0), (0, cp - c))).reshape(kh, kw, cp // lanes, 1, 1, 1, lanes)
+  kb = jnp.broadcast_to(kb, (kh, kw, cp // lanes, b, 1, 1, lanes))
+  kb = kb.reshape(kh, kw, cp // lanes * b, 1, 1, lanes)
+  taps = [(i, j) for i in range(kh) for j in range(kw)]
+  loops = -(-len(taps) // SHIFT_CB_CHUNK_TAPS)
+  per = -(-len(taps) // loops)
+  run = None
+  for start in range(0, len(taps), per):
+    accs = [] if run is None else [run]
+    for n, (i, j) in enumerate(taps[start:start + per]):
+      t = xb[:, i:i + h, j:j + w, :] * kb[i, j]
+      if len(accs) < SHIFT_CB_ACCUMULATORS:
+        accs.append(t)
+      else:
+        a = n % SHIFT_CB_ACCUMULATORS
+        accs[a] = accs[a] + t
+    run = _written(_pairwise(accs))
+  y = run.reshape(cp // lanes, b, h, w, lanes).transpose(1, 2, 3, 0, 4).reshape(b, h, w, cp)
+  return y[..., :c]
+
+
+_shift_cb = _with_shift_vjp(_shift_cb_sum)
 
 
 _FAST_FFT = sorted({2**a * 3**b * 5**c for a in range(12) for b in range(7) for c in range(5)
@@ -326,7 +390,8 @@ def _toeplitz_cm(x, kernel, pad_h, pad_w):
 
 
 _IMPLS: dict[str, Callable] = {
-    'xla': _xla, 'shift': _shift, 'fft': _fft, 'fft1d': functools.partial(_long_axis_h, _fft1d_h),
+    'xla': _xla, 'shift': _shift, 'shift_cb': _shift_cb, 'fft': _fft,
+    'fft1d': functools.partial(_long_axis_h, _fft1d_h),
     'toeplitz': functools.partial(_long_axis_h, _toeplitz_h), 'toeplitz_cm': _toeplitz_cm}
 
 
@@ -361,30 +426,26 @@ def pick_auto(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...],
   _, h, w, _ = x_shape
   kh, kw, _ = kernel_shape
   kh, kw = min(kh, 2 * h - 1), min(kw, 2 * w - 1)
-  # Measured on a 2-core AMD EPYC (benchmarks/results/depthwise_cpu.json), SLaK-T stage shapes:
-  side = max(h, w)
-  # 5x5, 7x7: shift-and-add both ways. Larger kernels on maps up to 7x7 (SLaK-T's stage 4) too,
-  # as shift sums in chunks of 25 taps (13x5, batch 8: 9.5 ms fwd+bwd vs 13.2 with `toeplitz`).
-  if kh * kw <= 49 or side <= 7:
+  # Measured on a 2-core AMD EPYC (benchmarks/results/depthwise_cpu*.json), SLaK-T stage shapes:
+  side, taps = max(h, w), kh * kw
+  if taps <= 25:  # 5x5: shift sums in NHWC both ways (`shift_cb` ties or loses: its transposes).
     return 'shift'
-  if min(kh, kw) > 7:  # large square (merged) kernels.
-    infer = train = 'fft'
-  else:  # Kx5 / 5xK.
-    # Forward: the 1-D FFT along the long axis, or from 8 images on maps <= 28 the channel-major
-    # banded matmul (slak_unit rows). Forward+backward: the banded matmul on maps <= 28, else the
-    # 2-D FFT.
-    small = (h if kh >= kw else w) <= 28
-    infer = 'toeplitz_cm' if small and x_shape[0] >= TOEPLITZ_CM_CHUNK else 'fft1d'
-    train = 'toeplitz' if small else 'fft'
-    # ... but on maps up to 14x14 at batch 1-2 shift sums (47x5 at 14x14x499 fwd+bwd, batch 1: 3.6
-    # vs 4.1 ms; batch 4 a tie, batch 8 30.7 vs 21.3; results/depthwise_cpu_s3_small_batch.json).
+  if taps <= 49:  # 7x7 (ConvNeXt's): channel-blocked shift sums both ways, on every stage map.
+    return 'shift_cb'
+  # Larger kernels on maps up to 7x7 (SLaK-T's stage 4): shift sums in chunks of 25 taps (13x5,
+  # batch 8: 9.5 ms fwd+bwd vs 13.2 with `toeplitz`; `shift_cb` ties).
+  if side <= 7:
+    return 'shift'
+  if min(kh, kw) > 7:  # large square (merged) kernels: the 2-D FFT, but forward on maps <= 14
+    infer, train = ('fft' if side > 14 else 'shift_cb'), 'fft'
+  else:  # Kx5 / 5xK: forward channel-blocked shift sums; forward+backward those on 56x56 maps,
+    # the banded matmul on maps <= 28 ...
+    infer = 'shift_cb'
+    train = 'toeplitz' if (h if kh >= kw else w) <= 28 else 'shift_cb'
+    # ... but on maps up to 14x14 at batch 1-2 `shift_cb` (47x5 at 14x14x499 fwd+bwd, batch 1: 3.6
+    # ms with `shift` vs 4.1 with `toeplitz`, results/depthwise_cpu_s3_small_batch.json).
     if side <= 14 and x_shape[0] <= 2:
-      train = 'shift'
-  # Forward on maps up to 14x14 (stage 3): shift sums (27x5 at 14x14x499, batch 8: 6.5 ms,
-  # `toeplitz_cm` 8.6; 27x27: 29 vs 46 with `fft`), but not forward+backward (27x5: 27.4 vs 20.3).
-  # Uncommitted interleaved probes.
-  if side <= 14:
-    infer = 'shift'
+      train = 'shift_cb'
   return infer if infer == train else f'{infer}/{train}'
 
 

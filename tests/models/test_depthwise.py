@@ -8,8 +8,8 @@ from lkd_jax.models import depthwise as dw
 from lkd_jax.models import layers
 
 # Single forms, and forward/backward pairs as `auto` picks them.
-IMPLS = ['xla', 'shift', 'fft', 'fft1d', 'toeplitz', 'toeplitz_cm', 'fft1d/toeplitz', 'shift/fft',
-         'toeplitz_cm/toeplitz']
+IMPLS = ['xla', 'shift', 'shift_cb', 'fft', 'fft1d', 'toeplitz', 'toeplitz_cm', 'fft1d/toeplitz',
+         'shift_cb/toeplitz', 'shift_cb/fft']
 # (x shape, kernel hw): square/rectangular, kernels longer than 2H-1 (cropped), 1-wide, 1x1; batch-2
 # 7x7 and 5x11 have >= 49 taps (the FFT kernel gradient on maps larger than these).
 CASES = [((1, 12, 10, 3), (5, 5)), ((2, 8, 7, 3), (7, 3)), ((1, 8, 7, 2), (3, 9)),
@@ -49,6 +49,15 @@ def test_output_and_grads_match_grouped_conv(impl, shape, ks):
   assert _rel(y, ry) <= 1e-4 and _rel(gx, rx) <= 1e-4 and _rel(gk, rk) <= 1e-4
 
 
+@pytest.mark.parametrize('ks,loops', [((11, 5), 3), ((3, 13), 2)])
+def test_shift_cb_channel_blocks_and_loops(monkeypatch, ks, loops):
+  monkeypatch.setattr(dw, 'SHIFT_CB_CHUNK_TAPS', 20)  # 55 / 39 taps: 3 / 2 loops of 19 / 20 taps.
+  x, k = _data((3, 9, 10, 11), ks)  # 11 channels: two blocks of 8, the second zero-padded.
+  f = jax.jit(lambda x: dw.depthwise_conv(x, k, 'shift_cb'))
+  assert str(jax.make_jaxpr(f)(x)).count(' cond[') == loops + 1  # each loop's sum and the input written.
+  assert _rel(f(x), _ref(x, k)) <= 1e-5
+
+
 @pytest.mark.parametrize('ks', [(7, 3), (3, 9)])
 def test_toeplitz_cm_runs_batch_chunks(monkeypatch, ks):
   monkeypatch.setattr(dw, 'TOEPLITZ_CM_CHUNK', 2)  # batch 5: a loop over 2 chunks, then 1 image.
@@ -75,20 +84,21 @@ def test_even_kernel_falls_back_to_grouped_conv_shape():
 def test_auto_rules_and_setter():
   assert dw.pick_auto((1, 56, 56, 8), (5, 5, 8), 'gpu') == 'xla'
   assert dw.pick_auto((1, 56, 56, 8), (5, 5, 8), 'cpu') == 'shift'
-  assert dw.pick_auto((1, 14, 14, 8), (7, 7, 8), 'cpu') == 'shift'
-  assert dw.pick_auto((1, 56, 56, 8), (51, 5, 8), 'cpu') == 'fft1d/fft'
-  assert dw.pick_auto((1, 14, 14, 8), (47, 5, 8), 'cpu') == 'shift'
-  assert dw.pick_auto((4, 14, 14, 8), (5, 47, 8), 'cpu') == 'shift/toeplitz'
-  assert dw.pick_auto((2, 14, 14, 8), (47, 47, 8), 'cpu') == 'shift/fft'
-  assert dw.pick_auto((1, 28, 28, 8), (49, 5, 8), 'cpu') == 'fft1d/toeplitz'
+  assert dw.pick_auto((8, 7, 7, 8), (5, 5, 8), 'cpu') == 'shift'
+  for side in (56, 14, 7):  # ConvNeXt's 7x7 on every stage map.
+    assert dw.pick_auto((8, side, side, 8), (7, 7, 8), 'cpu') == 'shift_cb'
+  assert dw.pick_auto((1, 56, 56, 8), (51, 5, 8), 'cpu') == 'shift_cb'
+  assert dw.pick_auto((8, 56, 56, 8), (5, 51, 8), 'cpu') == 'shift_cb'
+  assert dw.pick_auto((1, 28, 28, 8), (49, 5, 8), 'cpu') == 'shift_cb/toeplitz'
+  assert dw.pick_auto((8, 28, 28, 8), (5, 49, 8), 'cpu') == 'shift_cb/toeplitz'
+  assert dw.pick_auto((1, 14, 14, 8), (47, 5, 8), 'cpu') == 'shift_cb'
+  assert dw.pick_auto((2, 14, 14, 8), (5, 47, 8), 'cpu') == 'shift_cb'
+  assert dw.pick_auto((4, 14, 14, 8), (5, 47, 8), 'cpu') == 'shift_cb/toeplitz'
   assert dw.pick_auto((1, 7, 7, 8), (5, 13, 8), 'cpu') == 'shift'
-  assert dw.pick_auto((1, 7, 7, 8), (13, 13, 8), 'cpu') == 'shift'
-  assert dw.pick_auto((1, 14, 14, 8), (47, 47, 8), 'cpu') == 'shift/fft'
+  assert dw.pick_auto((32, 7, 7, 8), (13, 13, 8), 'cpu') == 'shift'
   assert dw.pick_auto((1, 56, 56, 8), (51, 51, 8), 'cpu') == 'fft'
-  assert dw.pick_auto((8, 14, 14, 8), (47, 5, 8), 'cpu') == 'shift/toeplitz'
-  assert dw.pick_auto((8, 28, 28, 8), (49, 5, 8), 'cpu') == 'toeplitz_cm/toeplitz'
-  assert dw.pick_auto((32, 7, 7, 8), (5, 13, 8), 'cpu') == 'shift'
-  assert dw.pick_auto((8, 56, 56, 8), (51, 5, 8), 'cpu') == 'fft1d/fft'
+  assert dw.pick_auto((8, 28, 28, 8), (49, 49, 8), 'cpu') == 'fft'
+  assert dw.pick_auto((1, 14, 14, 8), (47, 47, 8), 'cpu') == 'shift_cb/fft'
   x, k = _data((1, 6, 5, 2), (3, 3))
   try:
     layers.set_depthwise_impl('fft')
