@@ -231,10 +231,11 @@ _shift = _with_shift_vjp(lambda *args: _written(_shift_sum(*args)))
 
 
 # `shift_cb` computes on channel blocks of this many lanes (one 256-bit vector of fp32, the width
-# XLA:CPU vectorizes its loops to on these hosts), each block of each image a contiguous (H, W, 8) plane.
+# XLA:CPU vectorizes its loops to on these hosts): each block of each image a contiguous (H, W, 8)
+# plane.
 SHIFT_CB_LANES = 8
-# Taps per loop of `shift_cb`, its sums split evenly (255 taps: 6 loops of 43, not 5 of 50 and one of 5),
-# and the running accumulators per loop.
+# Taps per loop of `shift_cb`, its sums split evenly (255 taps: 6 loops of 43, not 5 of 50 and one
+# of 5, which XLA fused with the input's transpose), and the independent running sums per loop.
 SHIFT_CB_CHUNK_TAPS = 50
 SHIFT_CB_ACCUMULATORS = 4
 
@@ -242,7 +243,8 @@ SHIFT_CB_ACCUMULATORS = 4
 def _pairwise(terms: list[jax.Array]) -> jax.Array:
   """Sum of `terms` as a balanced tree."""
   while len(terms) > 1:
-    terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+             for i in range(0, len(terms), 2)]
   return terms[0]
 
 
@@ -426,7 +428,9 @@ def pick_auto(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...],
   _, h, w, _ = x_shape
   kh, kw, _ = kernel_shape
   kh, kw = min(kh, 2 * h - 1), min(kw, 2 * w - 1)
-  # Measured on a 2-core AMD EPYC (benchmarks/results/depthwise_cpu*.json), SLaK-T stage shapes:
+  # Measured on a 2-core AMD EPYC at SLaK-T's and ConvNeXt-T's stage shapes, batch 1 and 8
+  # (benchmarks/results/depthwise_cpu*.json; `shift_cb` against the earlier rules:
+  # depthwise_cpu_shift_cb_sweep.json).
   side, taps = max(h, w), kh * kw
   if taps <= 25:  # 5x5: shift sums in NHWC both ways (`shift_cb` ties or loses: its transposes).
     return 'shift'
@@ -442,8 +446,9 @@ def pick_auto(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...],
     # the banded matmul on maps <= 28 ...
     infer = 'shift_cb'
     train = 'toeplitz' if (h if kh >= kw else w) <= 28 else 'shift_cb'
-    # ... but on maps up to 14x14 at batch 1-2 `shift_cb` (47x5 at 14x14x499 fwd+bwd, batch 1: 3.6
-    # ms with `shift` vs 4.1 with `toeplitz`, results/depthwise_cpu_s3_small_batch.json).
+    # ... but on maps up to 14x14 at batch 1-2 `shift_cb` (47x5 / 5x47 at 14x14x499 fwd+bwd, batch
+    # 1: 4.7 / 4.1 ms vs 6.0 / 5.4 with `shift`, which beat `toeplitz` there: 3.6 vs 4.1 ms in
+    # results/depthwise_cpu_s3_small_batch.json).
     if side <= 14 and x_shape[0] <= 2:
       train = 'shift_cb'
   return infer if infer == train else f'{infer}/{train}'
