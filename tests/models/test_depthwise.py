@@ -7,7 +7,7 @@ import pytest
 from lkd_jax.models import depthwise as dw
 from lkd_jax.models import layers
 
-# Single forms, and forward/backward pairs as `auto` picks them.
+# Single forms, and forward/backward pairs: those `auto` picks, and one it no longer does.
 IMPLS = ['xla', 'shift', 'shift_cb', 'fft', 'fft1d', 'toeplitz', 'toeplitz_cm', 'fft1d/toeplitz',
          'shift_cb/toeplitz', 'shift_cb/fft']
 # (x shape, kernel hw): square/rectangular, kernels longer than 2H-1 (cropped), 1-wide, 1x1; batch-2
