@@ -238,6 +238,13 @@ SHIFT_CB_LANES = 8
 # of 5, which XLA fused with the input's transpose), and the independent running sums per loop.
 SHIFT_CB_CHUNK_TAPS = 50
 SHIFT_CB_ACCUMULATORS = 4
+# Kernels longer than SHIFT_CB_BAND_ABOVE on an axis: the output is cut into this many bands of rows
+# along it, each summing only the kernel rows that reach the map from there (on 28x28 and smaller
+# maps half of a SLaK kernel's taps fall on the padding). SLaK-T's 51x5 + 5x51 at batch 8, forward:
+# 47 / 28 / 9.4 / 2.9 ms -> 40 / 16 / 4.5 / 1.4 at s1-s4 with 8 bands (1, 2 and 4 bands in between,
+# 14 and 28 no better); ConvNeXt's 7x7: no gain (uncommitted probes).
+SHIFT_CB_BANDS = 8
+SHIFT_CB_BAND_ABOVE = 7
 
 
 def _pairwise(terms: list[jax.Array]) -> jax.Array:
@@ -248,39 +255,60 @@ def _pairwise(terms: list[jax.Array]) -> jax.Array:
   return terms[0]
 
 
+def _looped_sum(term: Callable, taps: list) -> jax.Array:
+  """Sum of `term(*tap)` over `taps`, in even loops of at most SHIFT_CB_CHUNK_TAPS taps, each with
+  SHIFT_CB_ACCUMULATORS round-robin sums (one add chain per output is bound by the FMA latency; the
+  first holds the previous loop's result) and written once (`_written`)."""
+  loops = -(-len(taps) // SHIFT_CB_CHUNK_TAPS)
+  per = -(-len(taps) // loops)
+  accs: list[jax.Array] = []
+  for start in range(0, len(taps), per):
+    for n, tap in enumerate(taps[start:start + per], start=len(accs)):
+      if n < SHIFT_CB_ACCUMULATORS:
+        accs.append(term(*tap))
+      else:
+        accs[n % SHIFT_CB_ACCUMULATORS] = accs[n % SHIFT_CB_ACCUMULATORS] + term(*tap)
+    accs = [_written(_pairwise(accs))]
+  return accs[0]
+
+
+def row_bands(n: int, k: int, pad: int, count: int) -> list[tuple[int, int, int, int]]:
+  """`count` even bands [o0, o1) of n output rows of a k-row kernel over a map with `pad` zero rows
+  before it, each with the kernel rows [i0, i1) that reach a row of the map from the band."""
+  edges = [b * n // count for b in range(count + 1)]
+  return [(o0, o1, max(0, pad - o1 + 1), min(k, pad - o0 + n)) for o0, o1 in zip(edges, edges[1:])]
+
+
 def _shift_cb_sum(x, kernel, pad_h, pad_w):
   """The shift sum on a channel-blocked copy of the input: (C/8 * B, H, W, 8), back to NHWC after.
 
   In NHWC a tap's rows lie W*C floats apart, so a 51-row kernel on a 56x56x124 map reads 1.4 MB per
   output row and XLA:CPU's loop runs from L3 (8-20 GMAC/s); on 8-channel planes the same rows take
-  100 KB. Each loop of at most SHIFT_CB_CHUNK_TAPS taps keeps SHIFT_CB_ACCUMULATORS independent sums
-  (one add chain per output is bound by the FMA latency) and is written once (`_written`).
+  100 KB. Taps summed by `_looped_sum`; a long kernel's output in bands (SHIFT_CB_BANDS), the copy
+  padded only as far as the bands' taps reach.
   """
   kh, kw, c = kernel.shape
+  if kw > kh:  # the long axis as rows, which the bands split.
+    y = _shift_cb_sum(x.transpose(0, 2, 1, 3), kernel.transpose(1, 0, 2), pad_w, pad_h)
+    return y.transpose(0, 2, 1, 3)
   b, h, w, _ = x.shape
   lanes = SHIFT_CB_LANES
   cp = -(-c // lanes) * lanes
-  hp, wp = h + sum(pad_h), w + sum(pad_w)
-  xb = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, cp - c))).reshape(b, hp, wp, cp // lanes, lanes)
+  bands = row_bands(h, kh, pad_h[0], min(SHIFT_CB_BANDS, h) if kh > SHIFT_CB_BAND_ABOVE else 1)
+  before = max(0, *(pad_h[0] - o0 - i0 for o0, _, i0, _ in bands))
+  after = max(0, *(o1 + i1 - 1 - pad_h[0] - h for _, o1, _, i1 in bands))
+  hp, wp = h + before + after, w + sum(pad_w)
+  xb = jnp.pad(x, ((0, 0), (before, after), pad_w, (0, cp - c))).reshape(b, hp, wp, cp // lanes, lanes)
   xb = _written(xb.transpose(3, 0, 1, 2, 4).reshape(cp // lanes * b, hp, wp, lanes))
   kb = jnp.pad(kernel, ((0, 0), (0, 0), (0, cp - c))).reshape(kh, kw, cp // lanes, 1, 1, 1, lanes)
   kb = jnp.broadcast_to(kb, (kh, kw, cp // lanes, b, 1, 1, lanes))
   kb = kb.reshape(kh, kw, cp // lanes * b, 1, 1, lanes)
-  taps = [(i, j) for i in range(kh) for j in range(kw)]
-  loops = -(-len(taps) // SHIFT_CB_CHUNK_TAPS)
-  per = -(-len(taps) // loops)
-  run = None
-  for start in range(0, len(taps), per):
-    accs = [] if run is None else [run]
-    for n, (i, j) in enumerate(taps[start:start + per]):
-      t = xb[:, i:i + h, j:j + w, :] * kb[i, j]
-      if len(accs) < SHIFT_CB_ACCUMULATORS:
-        accs.append(t)
-      else:
-        a = n % SHIFT_CB_ACCUMULATORS
-        accs[a] = accs[a] + t
-    run = _written(_pairwise(accs))
-  y = run.reshape(cp // lanes, b, h, w, lanes).transpose(1, 2, 3, 0, 4).reshape(b, h, w, cp)
+  at = before - pad_h[0]  # row of xb that kernel row 0 of output row 0 reads.
+  outs = [_looped_sum(lambda i, j, o0=o0, o1=o1: xb[:, at + o0 + i:at + o1 + i, j:j + w, :] * kb[i, j],
+                      [(i, j) for i in range(i0, i1) for j in range(kw)])
+          for o0, o1, i0, i1 in bands]
+  y = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+  y = y.reshape(cp // lanes, b, h, w, lanes).transpose(1, 2, 3, 0, 4).reshape(b, h, w, cp)
   return y[..., :c]
 
 
@@ -430,27 +458,20 @@ def pick_auto(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...],
   kh, kw = min(kh, 2 * h - 1), min(kw, 2 * w - 1)
   # Measured on a 2-core AMD EPYC at SLaK-T's and ConvNeXt-T's stage shapes, batch 1 and 8
   # (benchmarks/results/depthwise_cpu*.json; `shift_cb` against the earlier rules:
-  # depthwise_cpu_shift_cb_sweep.json).
+  # depthwise_cpu_shift_cb_sweep.json; its bands: depthwise_cpu_shift_cb_bands_sweep*.json).
   side, taps = max(h, w), kh * kw
   if taps <= 25:  # 5x5: shift sums in NHWC both ways (`shift_cb` ties or loses: its transposes).
     return 'shift'
-  if taps <= 49:  # 7x7 (ConvNeXt's): channel-blocked shift sums both ways, on every stage map.
+  # ConvNeXt's 7x7 on every stage map, and any larger kernel on maps up to 7x7 (SLaK-T's stage 4:
+  # 13x5 / 13x13, batch 8: 0.9 / 3.8 ms forward with `shift_cb`'s bands vs 1.8 / 5.3 with `shift`).
+  if taps <= 49 or side <= 7:
     return 'shift_cb'
-  # Larger kernels on maps up to 7x7 (SLaK-T's stage 4): shift sums in chunks of 25 taps (13x5,
-  # batch 8: 9.5 ms fwd+bwd vs 13.2 with `toeplitz`; `shift_cb` ties).
-  if side <= 7:
-    return 'shift'
   if min(kh, kw) > 7:  # large square (merged) kernels: the 2-D FFT, but forward on maps <= 14
     infer, train = ('fft' if side > 14 else 'shift_cb'), 'fft'
   else:  # Kx5 / 5xK: forward channel-blocked shift sums; forward+backward those on 56x56 maps,
-    # the banded matmul on maps <= 28 ...
+    # the banded matmul on smaller ones (on 14x14x499 at batch 1 too: 2.8 vs 3.1 ms).
     infer = 'shift_cb'
     train = 'toeplitz' if (h if kh >= kw else w) <= 28 else 'shift_cb'
-    # ... but on maps up to 14x14 at batch 1-2 `shift_cb` (47x5 / 5x47 at 14x14x499 fwd+bwd, batch
-    # 1: 4.7 / 4.1 ms vs 6.0 / 5.4 with `shift`, which beat `toeplitz` there: 3.6 vs 4.1 ms in
-    # results/depthwise_cpu_s3_small_batch.json).
-    if side <= 14 and x_shape[0] <= 2:
-      train = 'shift_cb'
   return infer if infer == train else f'{infer}/{train}'
 
 

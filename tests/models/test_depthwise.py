@@ -49,13 +49,29 @@ def test_output_and_grads_match_grouped_conv(impl, shape, ks):
   assert _rel(y, ry) <= 1e-4 and _rel(gx, rx) <= 1e-4 and _rel(gk, rk) <= 1e-4
 
 
-@pytest.mark.parametrize('ks,loops', [((11, 5), 3), ((3, 13), 2)])
+@pytest.mark.parametrize('ks,loops', [((7, 7), 3), ((5, 7), 2)])
 def test_shift_cb_channel_blocks_and_loops(monkeypatch, ks, loops):
-  monkeypatch.setattr(dw, 'SHIFT_CB_CHUNK_TAPS', 20)  # 55 / 39 taps: 3 / 2 loops of 19 / 20 taps.
+  monkeypatch.setattr(dw, 'SHIFT_CB_CHUNK_TAPS', 20)  # 49 / 35 taps: 3 / 2 loops of 17 / 18 taps.
   x, k = _data((3, 9, 10, 11), ks)  # 11 channels: two blocks of 8, the second zero-padded.
   f = jax.jit(lambda x: dw.depthwise_conv(x, k, 'shift_cb'))
   assert str(jax.make_jaxpr(f)(x)).count(' cond[') == loops + 1  # each loop's sum and the input written.
   assert _rel(f(x), _ref(x, k)) <= 1e-5
+
+
+def test_shift_cb_bands_sum_only_taps_that_reach_the_map(monkeypatch):
+  # 9 rows, 11-row kernel, 5 zero rows before: the top band's first 3 kernel rows and the bottom
+  # band's last 3 read only padding.
+  assert dw.row_bands(9, 11, 5, 3) == [(0, 3, 3, 11), (3, 6, 0, 11), (6, 9, 0, 8)]
+  assert dw.row_bands(14, 27, 13, 1) == [(0, 14, 0, 27)]
+  monkeypatch.setattr(dw, 'SHIFT_CB_BANDS', 3)
+  # Loops of at most 50 taps per band, plus the input written: 11x5 -> bands of 8, 11 and 8 kernel
+  # rows (40, 55, 40 taps: 1 + 2 + 1 loops); 5x11 banded along W (10 columns: 8, 11, 9 rows); 9x9 ->
+  # 7, 9, 7 rows (63, 81, 63 taps: 2 loops each).
+  for ks, conds in [((11, 5), 5), ((5, 11), 5), ((9, 9), 7)]:
+    x, k = _data((2, 9, 10, 11), ks)
+    f = jax.jit(lambda x: dw.depthwise_conv(x, k, 'shift_cb'))
+    assert str(jax.make_jaxpr(f)(x)).count(' cond[') == conds
+    assert _rel(f(x), _ref(x, k)) <= 1e-5
 
 
 @pytest.mark.parametrize('ks', [(7, 3), (3, 9)])
@@ -91,11 +107,10 @@ def test_auto_rules_and_setter():
   assert dw.pick_auto((8, 56, 56, 8), (5, 51, 8), 'cpu') == 'shift_cb'
   assert dw.pick_auto((1, 28, 28, 8), (49, 5, 8), 'cpu') == 'shift_cb/toeplitz'
   assert dw.pick_auto((8, 28, 28, 8), (5, 49, 8), 'cpu') == 'shift_cb/toeplitz'
-  assert dw.pick_auto((1, 14, 14, 8), (47, 5, 8), 'cpu') == 'shift_cb'
-  assert dw.pick_auto((2, 14, 14, 8), (5, 47, 8), 'cpu') == 'shift_cb'
+  assert dw.pick_auto((1, 14, 14, 8), (47, 5, 8), 'cpu') == 'shift_cb/toeplitz'
   assert dw.pick_auto((4, 14, 14, 8), (5, 47, 8), 'cpu') == 'shift_cb/toeplitz'
-  assert dw.pick_auto((1, 7, 7, 8), (5, 13, 8), 'cpu') == 'shift'
-  assert dw.pick_auto((32, 7, 7, 8), (13, 13, 8), 'cpu') == 'shift'
+  assert dw.pick_auto((1, 7, 7, 8), (5, 13, 8), 'cpu') == 'shift_cb'
+  assert dw.pick_auto((32, 7, 7, 8), (13, 13, 8), 'cpu') == 'shift_cb'
   assert dw.pick_auto((1, 56, 56, 8), (51, 51, 8), 'cpu') == 'fft'
   assert dw.pick_auto((8, 28, 28, 8), (49, 49, 8), 'cpu') == 'fft'
   assert dw.pick_auto((1, 14, 14, 8), (47, 47, 8), 'cpu') == 'shift_cb/fft'
