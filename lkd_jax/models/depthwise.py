@@ -469,7 +469,9 @@ def pick_auto(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...],
   if min(kh, kw) > 7:  # large square (merged) kernels: the 2-D FFT, but forward on maps <= 14
     infer, train = ('fft' if side > 14 else 'shift_cb'), 'fft'
   else:  # Kx5 / 5xK: forward channel-blocked shift sums; forward+backward those on 56x56 maps,
-    # the banded matmul on smaller ones (on 14x14x499 at batch 1 too: 2.8 vs 3.1 ms).
+    # the banded matmul on maps <= 28. At batch 1-2 on 14x14 they tie (47x5 / 5x47 fwd+bwd:
+    # `toeplitz` faster in 3 of 4 cases of results/depthwise_cpu_s3_small_batch_bands.json, 2 of 2
+    # of ..._shift_cb_bands_sweep.json, 1 of 8 in two uncommitted repeats).
     infer = 'shift_cb'
     train = 'toeplitz' if (h if kh >= kw else w) <= 28 else 'shift_cb'
   return infer if infer == train else f'{infer}/{train}'
