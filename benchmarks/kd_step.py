@@ -14,7 +14,9 @@ the step, the student's part alone (the same step fed teacher logits computed be
 and SLaK-T forward / ConvNeXt-T forward. Images/s = batch / median step time; each turn
 times its second call (benchmarks/timing.py); `*_minor_faults` counts one more step's page faults.
 The whole process, PyTorch included, runs with --host-malloc (default `tuned`, as lkd_jax.main on
-CPU: lkd_jax/host_malloc.py; `system` keeps glibc's defaults).
+CPU: lkd_jax/host_malloc.py; `system` keeps glibc's defaults). Several --pairs run each in a
+fresh process of this script (--same-process: all in this one): with the tuned malloc, a JAX
+program run after a bigger one was freed ran up to 21% slower (README, Fused KD step).
 The PyTorch models are minimal equivalents written here (no timm/torchvision): SLaK-T (width 1.3,
 decomposed Kx5 + 5xK + 5x5 depthwise branches with BN), ConvNeXt-T (official: 7x7 dw with bias),
 ResNet-50 (torchvision v1.5). torch is optional; without it only the JAX side runs.
@@ -31,7 +33,9 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -256,12 +260,41 @@ def main(argv=None):
                  help="a SLaK teacher's inference form, JAX side")
   p.add_argument('--torch-teacher-form', default='branches', choices=slak.INFERENCE_FORMS,
                  help="a SLaK teacher's form, PyTorch side (branches: as the paper's code)")
+  p.add_argument('--same-process', action='store_true',
+                 help='time every pair in this process (default: each of several pairs in its own)')
   add_host_malloc_arg(p)
+  argv = sys.argv[1:] if argv is None else argv
   a = p.parse_args(argv)
   use_torch = torch is not None and not a.jax_only
   host_malloc = apply_host_malloc(a.host_malloc)
   conv.set_conv_impl(a.conv_impl)
   layers.set_layer_norm_impl(a.layer_norm_impl)
+  pairs = a.pairs.split(',')
+  if len(pairs) > 1 and not a.same_process:
+    rows, notes = _pairs_in_own_processes(argv, pairs)
+  else:
+    rows, notes = _time_pairs(a, pairs, use_torch)
+  _emit_result(a, rows, notes, host_malloc)
+
+
+def _pairs_in_own_processes(argv: list[str], pairs: list[str]) -> tuple[list[dict], list[str]]:
+  """The rows and notes of this script run once per pair, each in a fresh process (the later
+  --pairs / --out given to it win over those in `argv`)."""
+  rows, notes = [], []
+  with tempfile.TemporaryDirectory() as tmp:
+    for i, pair in enumerate(pairs):
+      out = os.path.join(tmp, f'{i}.json')
+      subprocess.run([sys.executable, os.path.abspath(__file__), *argv, '--pairs', pair,
+                      '--same-process', '--out', out], check=True, stdout=subprocess.DEVNULL)
+      with open(out) as f:
+        result = json.load(f)
+      rows += result['cases']
+      notes += [n for n in result['notes'] if n not in notes]
+  return rows, notes
+
+
+def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool) -> tuple[list[dict], list[str]]:
+  """One result row per teacher:student pair, all timed in this process; and notes."""
   use_all_cores()
   names = set(registry.names())
   rng = np.random.default_rng(0)
@@ -274,7 +307,7 @@ def main(argv=None):
       xt = xt.contiguous(memory_format=torch.channels_last)
     lt = torch.from_numpy(ln)
   rows, notes = [], []
-  for pair in a.pairs.split(','):
+  for pair in pairs:
     tname, sname = pair.split(':')
     if tname not in names and tname == 'convnext_t':
       notes.append('convnext_t not registered: used convnext_t_bn (SLaK-code ConvNeXt, 7x7 + BN)')
@@ -320,6 +353,12 @@ def main(argv=None):
       row['jax_mfu'] = round(row['jax_images_per_s'] * gflop_step / (a.peak_tflops * 1e3), 4)
     rows.append(row)
     print('#', json.dumps(row), file=sys.stderr, flush=True)
+  return rows, notes
+
+
+def _emit_result(a: argparse.Namespace, rows: list[dict], notes: list[str], host_malloc: str) -> None:
+  """The result JSON of `rows` (with the SLaK-T / ConvNeXt-T forward ratios), as --out / --json ask."""
+  use_torch = bool(rows) and 'torch_step_s' in rows[0]
   fw = {r['teacher']: r['jax_teacher_fwd_s'] for r in rows}
   summary = {}
   cnx = fw.get('convnext_t', fw.get('convnext_t_bn'))
@@ -332,6 +371,7 @@ def main(argv=None):
   out = dict(benchmark='kd_step', **device_fields(),
              jax=jax.__version__, torch=None if torch is None else torch.__version__,
              torch_note='torch side skipped: --jax-only' if a.jax_only else TORCH_NOTE,
+             pairs_in='this process' if a.same_process or len(rows) < 2 else 'a process each',
              torch_layout=a.torch_layout, teacher_form=a.teacher_form,
              torch_teacher_form=a.torch_teacher_form, depthwise_impl=dw.get_depthwise_impl(),
              conv_impl=conv.get_conv_impl(), layer_norm_impl=layers.get_layer_norm_impl(),
