@@ -16,16 +16,22 @@ load hits them alike):
 - `without_depthwise`: `inference` with every depthwise convolution replaced by the identity (its
   BatchNorm / bias, branch sum and the rest of the block kept), so `depthwise_ms` = inference -
   without_depthwise is what the depthwise convolutions cost inside the model;
+- `merged_decom_bands_N` (SLaK only, `--shift-cb-bands N,...`): `merged_decom` with `shift_cb`'s
+  long kernels cut into N bands of output rows (depthwise.SHIFT_CB_BANDS) instead of the default;
 - `torch_inference` / `torch_without_depthwise` (when torch is installed): benchmarks/kd_step.py's
   PyTorch teacher (NCHW, no_grad, eval), and the same with every grouped Conv2d replaced by
   nn.Identity (ConvNeXt's depthwise bias goes with it).
-Medians and minima in ms; `speedup_*` = training_forms / variant, by median.
+Medians and minima in ms; `speedup_*` = training_forms / variant, by median; `compile_s`: each JAX
+variant's trace, compile and first call.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
+import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +64,15 @@ def without_depthwise(model, x):
     layers.depthwise_conv = real
 
 
+def with_bands(bands: int, build: Callable[[], Callable[[], Any]]) -> Callable[[], Any]:
+  """`build()` traced and compiled with depthwise.SHIFT_CB_BANDS = `bands`."""
+  default, dw.SHIFT_CB_BANDS = dw.SHIFT_CB_BANDS, bands
+  try:
+    return build()
+  finally:
+    dw.SHIFT_CB_BANDS = default
+
+
 def torch_forwards(name, x):
   """Blocking no_grad eval forwards of the PyTorch teacher, as built and without grouped convs."""
   full, bare = TORCH_MODELS[name]().eval(), TORCH_MODELS[name]().eval()
@@ -82,6 +97,8 @@ def main(argv=None):
   p.add_argument('--size', type=int, default=224)
   p.add_argument('--models', default='slak_t,convnext_t')
   p.add_argument('--reps', type=int, default=7)
+  p.add_argument('--shift-cb-bands', type=lambda v: [int(n) for n in v.split(',')], default=[],
+                 help="also time SLaK's merged_decom with shift_cb's long kernels in these many bands")
   add_host_malloc_arg(p)
   a = p.parse_args(argv)
   host_malloc = apply_host_malloc(a.host_malloc)
@@ -90,11 +107,19 @@ def main(argv=None):
   rows = []
   for name in a.models.split(','):
     model = registry.create(name, num_classes=1000, seed=0)
-    fns = {'training_forms': compiled_forward(model, x, True), 'inference': compiled_forward(model, x)}
+    builds = {'training_forms': lambda: compiled_forward(model, x, True),
+              'inference': lambda: compiled_forward(model, x)}
     if name.startswith('slak'):
       for form in ('merged', 'merged_decom'):
-        fns[form] = compiled_forward(merge_large_kernels(nnx.clone(model), form), x)
-    fns['without_depthwise'] = without_depthwise(model, x)
+        builds[form] = functools.partial(compiled_forward, merge_large_kernels(nnx.clone(model), form), x)
+      for n in a.shift_cb_bands:
+        builds[f'merged_decom_bands_{n}'] = functools.partial(with_bands, n, builds['merged_decom'])
+    builds['without_depthwise'] = lambda: without_depthwise(model, x)
+    fns, compile_s = {}, {}
+    for k, build in builds.items():
+      t0 = time.perf_counter()
+      fns[k] = build()
+      compile_s[k] = round(time.perf_counter() - t0, 1)
     if torch is not None and name in TORCH_MODELS:
       fns |= torch_forwards(name, x)
     times = time_interleaved(fns, a.reps)
@@ -104,7 +129,7 @@ def main(argv=None):
                **{f'{k}_min_ms': round(min(v) * 1e3, 1) for k, v in times.items()},
                **{f'speedup_{k}': round(med['training_forms'] / v, 3) for k, v in med.items()
                   if not k.startswith('torch')},
-               depthwise_ms=round(med['inference'] - med['without_depthwise'], 1))
+               depthwise_ms=round(med['inference'] - med['without_depthwise'], 1), compile_s=compile_s)
     if 'torch_inference' in med:
       row |= dict(torch_depthwise_ms=round(med['torch_inference'] - med['torch_without_depthwise'], 1),
                   ratio_inference=round(med['inference'] / med['torch_inference'], 3))
