@@ -243,9 +243,9 @@ SHIFT_CB_ACCUMULATORS = 4
 # maps half of a SLaK kernel's taps fall on the padding). SLaK-T's 51x5 + 5x51 at batch 8, forward:
 # 47 / 28 / 9.4 / 2.9 ms -> 40 / 16 / 4.5 / 1.4 at s1-s4 with 8 bands (1, 2 and 4 bands in between,
 # 14 and 28 no better); ConvNeXt's 7x7: no gain (uncommitted probes). Each band is its own loops, so
-# compile time grows with the count: SLaK-T's whole forward (batch 8, 224 px) compiled in 75 / 45 /
-# 32 s with 8 / 4 / 2 bands and ran in 907 / 914 / 947 ms (uncommitted probe; `python
-# benchmarks/teacher_forward.py --shift-cb-bands` times them side by side).
+# compile time grows with the count: SLaK-T's whole `merged_decom` forward (batch 8, 224 px) compiled
+# in 82 / 48 / 37 s with 8 / 4 / 2 bands and ran in 978 / 967 / 1022 ms (`python
+# benchmarks/teacher_forward.py --shift-cb-bands 8,2`, README).
 SHIFT_CB_BANDS = 4
 SHIFT_CB_BAND_ABOVE = 7
 
