@@ -358,16 +358,12 @@ def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool) -> tup
 
 def _emit_result(a: argparse.Namespace, rows: list[dict], notes: list[str], host_malloc: str) -> None:
   """The result JSON of `rows` (with the SLaK-T / ConvNeXt-T forward ratios), as --out / --json ask."""
-  use_torch = bool(rows) and 'torch_step_s' in rows[0]
-  fw = {r['teacher']: r['jax_teacher_fwd_s'] for r in rows}
   summary = {}
-  cnx = fw.get('convnext_t', fw.get('convnext_t_bn'))
-  if 'slak_t' in fw and cnx:
-    summary['jax_slak_t_fwd_over_convnext_t_fwd'] = round(fw['slak_t'] / cnx, 3)
-    if use_torch:
-      tf = {r['teacher']: r['torch_teacher_fwd_s'] for r in rows}
-      tconv = tf.get('convnext_t', tf.get('convnext_t_bn'))
-      summary['torch_slak_t_fwd_over_convnext_t_fwd'] = round(tf['slak_t'] / tconv, 3)
+  for side in ('jax', 'torch'):
+    fw = {r['teacher']: r[f'{side}_teacher_fwd_s'] for r in rows if f'{side}_teacher_fwd_s' in r}
+    cnx = fw.get('convnext_t', fw.get('convnext_t_bn'))
+    if 'slak_t' in fw and cnx:
+      summary[f'{side}_slak_t_fwd_over_convnext_t_fwd'] = round(fw['slak_t'] / cnx, 3)
   out = dict(benchmark='kd_step', **device_fields(),
              jax=jax.__version__, torch=None if torch is None else torch.__version__,
              torch_note='torch side skipped: --jax-only' if a.jax_only else TORCH_NOTE,

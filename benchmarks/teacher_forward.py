@@ -32,6 +32,7 @@ import os
 import sys
 import time
 from typing import Any, Callable
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -56,21 +57,14 @@ except ModuleNotFoundError:
 
 def without_depthwise(model, x):
   """`compiled_forward` with layers.depthwise_conv traced as the identity."""
-  real = layers.depthwise_conv
-  layers.depthwise_conv = lambda x, kernel, impl=None: x
-  try:
+  with mock.patch.object(layers, 'depthwise_conv', lambda x, kernel, impl=None: x):
     return compiled_forward(model, x)
-  finally:
-    layers.depthwise_conv = real
 
 
 def with_bands(bands: int, build: Callable[[], Callable[[], Any]]) -> Callable[[], Any]:
   """`build()` traced and compiled with depthwise.SHIFT_CB_BANDS = `bands`."""
-  default, dw.SHIFT_CB_BANDS = dw.SHIFT_CB_BANDS, bands
-  try:
+  with mock.patch.object(dw, 'SHIFT_CB_BANDS', bands):
     return build()
-  finally:
-    dw.SHIFT_CB_BANDS = default
 
 
 def torch_forwards(name, x):
@@ -107,14 +101,14 @@ def main(argv=None):
   rows = []
   for name in a.models.split(','):
     model = registry.create(name, num_classes=1000, seed=0)
-    builds = {'training_forms': lambda: compiled_forward(model, x, True),
-              'inference': lambda: compiled_forward(model, x)}
+    builds = {'training_forms': functools.partial(compiled_forward, model, x, True),
+              'inference': functools.partial(compiled_forward, model, x)}
     if name.startswith('slak'):
       for form in ('merged', 'merged_decom'):
         builds[form] = functools.partial(compiled_forward, merge_large_kernels(nnx.clone(model), form), x)
       for n in a.shift_cb_bands:
         builds[f'merged_decom_bands_{n}'] = functools.partial(with_bands, n, builds['merged_decom'])
-    builds['without_depthwise'] = lambda: without_depthwise(model, x)
+    builds['without_depthwise'] = functools.partial(without_depthwise, model, x)
     fns, compile_s = {}, {}
     for k, build in builds.items():
       t0 = time.perf_counter()

@@ -472,16 +472,15 @@ def pick_auto(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...],
   if min(kh, kw) > 7:  # large square (merged) kernels: the 2-D FFT, but forward on maps <= 14
     infer, train = ('fft' if side > 14 else 'shift_cb'), 'fft'
   else:  # Kx5 / 5xK: forward channel-blocked shift sums; forward+backward those on 56x56 maps,
-    # the banded matmul on maps <= 28 ...
+    # the banded matmul on maps <= 28, but on 14x14 at batch 1-2 `shift_cb`. Alone the two tie
+    # there (47x5 / 5x47 fwd+bwd: `toeplitz` faster in 3 of 4 cases of
+    # results/depthwise_cpu_s3_small_batch_bands.json, 2 of 2 of ..._shift_cb_bands_sweep.json, 1
+    # of 8 in two uncommitted repeats), but in the full tables 47x5 at batch 1 read 1.08x and 1.12x
+    # torch NCHW with `toeplitz` (depthwise_cpu.json at c164bb6 and cd00cbc), 0.64x with
+    # `shift_cb` (1bb7f61).
     infer = 'shift_cb'
-    train = 'toeplitz' if (h if kh >= kw else w) <= 28 else 'shift_cb'
-    # ... but on 14x14 at batch 1-2 `shift_cb`. Alone the two tie there (47x5 / 5x47 fwd+bwd:
-    # `toeplitz` faster in 3 of 4 cases of results/depthwise_cpu_s3_small_batch_bands.json, 2 of 2
-    # of ..._shift_cb_bands_sweep.json, 1 of 8 in two uncommitted repeats), but in the full tables
-    # 47x5 at batch 1 read 1.08x and 1.12x torch NCHW with `toeplitz` (depthwise_cpu.json at
-    # c164bb6 and cd00cbc), 0.64x with `shift_cb` (1bb7f61).
-    if side <= 14 and x_shape[0] <= 2:
-      train = 'shift_cb'
+    small_batch_on_14 = side <= 14 and x_shape[0] <= 2
+    train = 'toeplitz' if (h if kh >= kw else w) <= 28 and not small_batch_on_14 else 'shift_cb'
   return infer if infer == train else f'{infer}/{train}'
 
 
