@@ -16,7 +16,7 @@ times its second call (benchmarks/timing.py); `*_minor_faults` counts one more s
 The whole process, PyTorch included, runs with --host-malloc (default `tuned`, as lkd_jax.main on
 CPU: lkd_jax/host_malloc.py; `system` keeps glibc's defaults). Several --pairs run each in a
 fresh process of this script (--same-process: all in this one): with the tuned malloc, a JAX
-program run after a bigger one was freed ran up to 21% slower (README, Fused KD step).
+program run after a bigger one was freed ran up to 21% slower (benchmarks/README.md, Fused KD step).
 The PyTorch models are minimal equivalents written here (no timm/torchvision): SLaK-T (width 1.3,
 decomposed Kx5 + 5xK + 5x5 depthwise branches with BN), ConvNeXt-T (official: 7x7 dw with bias),
 ResNet-50 (torchvision v1.5). torch is optional; without it only the JAX side runs.

@@ -1,4 +1,4 @@
-"""A depthwise.py result JSON as the README's markdown table (so README numbers are copied, not typed).
+"""A depthwise.py result JSON as benchmarks/README.md's markdown table (so README numbers are copied, not typed).
 
     python benchmarks/table.py benchmarks/results/depthwise_cpu.json
 """

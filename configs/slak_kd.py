@@ -28,7 +28,7 @@ Arguments (after the path, `k=v,k=v`):
   teacher_ckpt  .pth | .npz | .safetensors | converted dir | lkd_jax run dir
   teacher_form  merged_decom | merged | branches: a SLaK teacher's eval form (default merged_decom for
                 slak_* teachers: BN and the 5x5 branch folded into the Kx5 / 5xK kernels, same logits
-                within float rounding, faster: README Performance; merged: one KxK kernel per
+                within float rounding, faster: README, Performance; merged: one KxK kernel per
                 unit; branches: the reference's three conv+BN branches, the only form for others)
   eff_batch     effective batch (0: the paper's for the student); batch: per-step global batch
                 (0: = eff_batch); eff_batch / batch gradient-accumulation steps

@@ -13,7 +13,7 @@ mallopt needs no extra library and can be set from Python, as long as it runs be
 threads (arenas are bound to threads at their first malloc).
 The catch is that a later program runs on the heap an earlier one left: after the demo job's
 teacher stage, its student and distilled stages made 10-23% fewer steps/s than in a fresh process,
-while the teacher stage made 2-20% more than with glibc's defaults (README, Host malloc tuned).
+while the teacher stage made 2-20% more than with glibc's defaults (benchmarks/README.md, Host malloc tuned).
 One arena serialises malloc across threads: fine for XLA's few large blocks, but on a many-core
 CPU host whose tf.data pipeline is malloc-bound, `host_malloc='system'` may be faster.
 """

@@ -4,7 +4,7 @@ XLA:CPU (jaxlib 0.10) hands each convolution to YNNPACK by default, together wit
 reductions (`xla_cpu_experimental_ynn_fusion_type`). YNNPACK's convolutions are the slow ones on the
 2-core AVX-512 VMs (batch 8, fwd+bwd, Eigen vs YNNPACK): ResNet-50's 3x3 convs 29-51 vs 32-65 ms,
 its 7x7/2 stem 47 vs 89, ConvNeXt's 7x7 depthwise conv in XLA's grouped form 590 vs 704; the
-ResNet-50 train step 1.61 vs 1.77 s (README, "Dense convolutions"). Dots and reductions stay with
+ResNet-50 train step 1.61 vs 1.77 s (benchmarks/README.md, "Dense convolutions"). Dots and reductions stay with
 YNNPACK, which is faster there. The option is passed per jit (`jax.jit(..., compiler_options=...)`), as JAX advises,
 rather than through XLA_FLAGS, which only counts before the backend starts.
 

@@ -18,9 +18,9 @@ Every dense conv in the zoo is built by `layers.conv`, which hands `conv_general
 - `auto`: `matmul` on CPU, `xla` on GPU/TPU (whose convolution libraries are matmul-based already);
   except that on AVX-512 CPUs the kxk convs that are not patchify stay `xla`: there XLA's own kernel
   gradient beats the rows of matmuls (batch 8, fwd+bwd, XLA's convs on Eigen as lkd_jax.xla_options
-  sets them: ResNet-50's 3x3 convs 30-40 vs 33-48 ms, a tie at 7x7, its stem 38 vs 58 ms; the train step
-  1.61 vs 1.72 s; README), while on an AVX2 VM, with XLA's convs then on YNNPACK, they were 1.1-1.5x
-  (3x3) and 3.2x (stem) slower (benchmarks/results/dense_conv_cpu.json).
+  sets them: ResNet-50's 3x3 convs 30-40 vs 33-48 ms, a tie at 7x7, its stem 38 vs 58 ms; the train
+  step 1.61 vs 1.72 s; benchmarks/README.md), while on an AVX2 VM, with XLA's convs then on
+  YNNPACK, they were 1.1-1.5x (3x3) and 3.2x (stem) slower (benchmarks/results/dense_conv_cpu.json).
 
 All forms give the convolution's output and gradients up to float rounding (tests/models/test_conv.py).
 """
@@ -48,7 +48,7 @@ def _weight_grad(x2: jax.Array, g2: jax.Array, precision) -> jax.Array:
   Left to itself, XLA:CPU contracts the two (pixels, channels) operands by writing the output
   gradient transposed from inside its producer's fused loop (e.g. BatchNorm's backward), which is
   slow; with the input transposed as a plain copy, benchmarks/dense_conv.py's 1x1 convs went from
-  2.0-4.9x to 2.4-5.8x faster than XLA's conv (fwd+bwd, batch 8, README).
+  2.0-4.9x to 2.4-5.8x faster than XLA's conv (fwd+bwd, batch 8, benchmarks/README.md).
   """
   return jnp.dot(x2.T, g2, precision=precision)
 

@@ -245,7 +245,7 @@ SHIFT_CB_ACCUMULATORS = 4
 # 14 and 28 no better); ConvNeXt's 7x7: no gain (uncommitted probes). Each band is its own loops, so
 # compile time grows with the count: SLaK-T's whole `merged_decom` forward (batch 8, 224 px) compiled
 # in 82 / 48 / 37 s with 8 / 4 / 2 bands and ran in 978 / 967 / 1022 ms (`python
-# benchmarks/teacher_forward.py --shift-cb-bands 8,2`, README).
+# benchmarks/teacher_forward.py --shift-cb-bands 8,2`, benchmarks/README.md).
 SHIFT_CB_BANDS = 4
 SHIFT_CB_BAND_ABOVE = 7
 

@@ -109,7 +109,7 @@ def _reduce_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 def _dot_reduce_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   """`dot` statistics where no gradient flows (a frozen teacher); `reduce`'s forward and backward
   where one does (the transpose of the mat-vec is a K=1 matmul: ConvNeXt-T's train gradient was 5-7%
-  slower with it; README, Performance)."""
+  slower with it; benchmarks/README.md, LayerNorm)."""
   return _dot_stats(x)
 
 
