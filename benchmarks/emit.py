@@ -12,8 +12,11 @@ from lkd_jax.environment import cpu_isa, cpu_model  # noqa: E402  (re-exported f
 
 
 def emit(result: dict[str, Any], out: str | None, to_stdout: bool) -> None:
-  """Writes `result` as indented JSON to `out` (folders created) and prints it when `to_stdout`."""
-  text = json.dumps(result, indent=1)
+  """Writes `result` as indented JSON to `out` (folders created) and prints it when `to_stdout`.
+
+  Strict JSON: a NaN or infinity raises here (it is a bug in the script) rather than reaching a
+  file that jq and other strict readers refuse."""
+  text = json.dumps(result, indent=1, allow_nan=False)
   if out:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, 'w') as f:

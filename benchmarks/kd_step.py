@@ -24,8 +24,9 @@ A SLaK teacher runs in --teacher-form on the JAX side (default `merged_decom`, c
 default: BN and the 5x5 branch folded into the Kx5 / 5xK kernels, lkd_jax/models/slak.py) and in
 --torch-teacher-form on the PyTorch side (default `branches`: the three conv+BN branches, as the
 paper's KD code runs its teacher; `merged_decom` / `merged` give it the same folded convs).
-MFU is reported against dense FLOPs (SLaK-T 8.70, ConvNeXt-T 4.47, ResNet-50 4.1 GMACs/img fwd;
-KD step = 2*teacher + 6*student GFLOP/img) when --peak-tflops is given (an accelerator's dense peak).
+`gflop_per_image` counts dense FLOPs, KD step = 2*teacher + 6*student forward GMACs per image, each
+model's counted at --size by lkd_jax.models.macs as `python -m lkd_jax.models --list` does (at 224:
+SLaK-T 8.70, ConvNeXt-T 4.46, ResNet-50 4.09); with --peak-tflops (an accelerator's dense peak) MFU too.
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks
 from lkd_jax.models import conv  # noqa: E402
 from lkd_jax.models import depthwise as dw  # noqa: E402
 from lkd_jax.models import layers  # noqa: E402
+from lkd_jax.models import macs  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
 from lkd_jax.models import slak  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, jit, medians, time_interleaved  # noqa: E402
@@ -63,9 +65,14 @@ except ModuleNotFoundError as e:
   torch = None
   TORCH_NOTE = f'torch side skipped: {e} (pip install -e ".[torch]")'
 
-GMACS = {'slak_t': 8.70, 'convnext_t': 4.47, 'convnext_t_bn': 4.47, 'resnet50': 4.1}
 NUM_CLASSES = 1000
 T, ALPHA = 3.0, 0.1
+
+
+def dense_gmacs(name: str, size: int) -> float:
+  """Dense forward GMACs per image of registered model `name` at size^2 (built abstractly)."""
+  model = nnx.eval_shape(lambda: registry.create(name, num_classes=NUM_CLASSES))
+  return macs.count_macs(model, size) / 1e9
 
 
 # ----------------------------------------------------------------------------------------- JAX
@@ -329,7 +336,7 @@ def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool) -> tup
               'torch_student_step': lambda: t_student(t_logits, xt, lt)}
     res = medians(time_interleaved(fns, a.reps))
     faults = {f'{k}_minor_faults': minor_faults(f) for k, f in fns.items() if k.endswith('_step')}
-    gflop_step = 2 * GMACS.get(tname, float('nan')) + 6 * GMACS.get(sname, float('nan'))
+    gflop_step = round(2 * dense_gmacs(tname, a.size) + 6 * dense_gmacs(sname, a.size), 3)
     row = dict(teacher=tname, student=sname, batch=a.batch, size=a.size, reps=a.reps,
                jax_compile_and_first_step_s=round(compile_s, 1),
                **{f'{k}_s': round(v, 4) for k, v in res.items()},
