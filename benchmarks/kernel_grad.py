@@ -7,7 +7,7 @@ Variants (lkd_jax/models/depthwise.py's KERNEL_GRAD_FORM and MATERIALIZE, set be
 after 77fd383) and no materialized outputs; `fft`, `tree` = that kernel gradient for every kernel,
 outputs materialized; `auto` = the library's rule (`kernel_grad_form`).
 Timed: the gradient w.r.t. the parameters of each `--models` entry in train mode at 224 px (loss =
-mean log-softmax of class 0), all variants interleaved (benchmarks/timing.py). Medians and minima in
+mean log-softmax of class 0; --size to change it), all variants interleaved (benchmarks/timing.py). Medians and minima in
 ms; `speedup` = before / each variant, by median.
 """
 from __future__ import annotations
@@ -31,9 +31,9 @@ VARIANTS = {'before': ('fft', False), 'fft': ('fft', True), 'tree': ('tree', Tru
             'auto': ('auto', True)}
 
 
-def _grad_fn(name: str, batch: int, variant: str):
+def _grad_fn(name: str, batch: int, size: int, variant: str):
   """A blocking call of `name`'s parameter gradient (train mode), compiled under `variant`."""
-  x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, 224, 224, 3)), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, 3)), jnp.float32)
   saved = dw.KERNEL_GRAD_FORM, dw.MATERIALIZE
   dw.KERNEL_GRAD_FORM, dw.MATERIALIZE = VARIANTS[variant]
   try:
@@ -47,16 +47,17 @@ def main(argv=None):
   add_output_args(p)
   p.add_argument('--models', default='convnext_t')
   p.add_argument('--batch', type=int, default=8)
+  p.add_argument('--size', type=int, default=224)
   p.add_argument('--reps', type=int, default=7)
   add_host_malloc_arg(p)
   a = p.parse_args(argv)
   host_malloc = apply_host_malloc(a.host_malloc)
   rows = []
   for name in a.models.split(','):
-    fns = {v: _grad_fn(name, a.batch, v) for v in VARIANTS}
+    fns = {v: _grad_fn(name, a.batch, a.size, v) for v in VARIANTS}
     times = time_interleaved(fns, a.reps)
     med = {v: float(np.median(t)) * 1e3 for v, t in times.items()}
-    rows.append(dict(model=name, batch=a.batch, size=224, reps=a.reps,
+    rows.append(dict(model=name, batch=a.batch, size=a.size, reps=a.reps,
                      **{f'{v}_ms': round(m, 1) for v, m in med.items()},
                      **{f'{v}_min_ms': round(min(t) * 1e3, 1) for v, t in times.items()},
                      **{f'speedup_{v}': round(med['before'] / m, 3) for v, m in med.items()}))

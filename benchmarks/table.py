@@ -1,41 +1,94 @@
-"""A depthwise.py result JSON as benchmarks/README.md's markdown table (so README numbers are copied, not typed).
+"""A benchmark result JSON as the markdown table the READMEs show (so their numbers are copied, not typed).
 
     python benchmarks/table.py benchmarks/results/depthwise_cpu.json
+    python benchmarks/table.py benchmarks/results/kd_step_cpu_three_pairs_own_processes.json
+    python benchmarks/table.py benchmarks/results/teacher_forward_cpu.json
+
+tests/test_benchmarks.py checks that README.md and benchmarks/README.md hold these tables of the
+committed JSON.
 """
 from __future__ import annotations
 
 import argparse
 import json
+from typing import Callable
 
-_HEADER = ('| stage map | kernel | batch | JAX impl (inference/training) | JAX fwd '
-           '| torch fwd NCHW / CL | JAX fwd+bwd | torch fwd+bwd NCHW / CL | ratio fwd (vs NCHW) '
-           '| ratio fwd+bwd (vs NCHW) | ratio fwd+bwd vs best torch |')
+# Model names as the READMEs print them.
+DISPLAY = {'slak_t': 'SLaK-T', 'convnext_t': 'ConvNeXt-T', 'convnext_t_bn': 'ConvNeXt-T',
+           'resnet50': 'ResNet-50'}
 
 
-def depthwise_row(c: dict) -> str:
-  """One case of benchmarks/depthwise.py as a table row (times in ms, one decimal)."""
+def _table(header: list[str], rows: list[list[str]]) -> str:
+  """Markdown table of `header` and `rows` (lists of cells)."""
+  line = lambda cells: '| ' + ' | '.join(cells) + ' |'
+  return '\n'.join([line(header), '|' + '---|' * len(header)] + [line(r) for r in rows])
+
+
+def _name(model: str) -> str:
+  return DISPLAY.get(model, model)
+
+
+def depthwise_row(c: dict) -> list[str]:
+  """One case of benchmarks/depthwise.py as table cells (times in ms, one decimal)."""
   ms = lambda k: f'{c[k]:.1f}'
-  cells = [f"s{c['stage']} {c['hw']}x{c['hw']}x{c['c']}", f"{c['kernel']} ({c['kind']})",
-           str(c['batch']), c['auto_impl'], ms('jax_fwd'),
-           f"{ms('torch_nchw_fwd')} / {ms('torch_channels_last_fwd')}", ms('jax_fwd_bwd'),
-           f"{ms('torch_nchw_fwd_bwd')} / {ms('torch_channels_last_fwd_bwd')}",
-           f"{c['ratio_fwd']:.2f}", f"{c['ratio_fwd_bwd']:.2f}",
-           f"{c['ratio_vs_best_torch_fwd_bwd']:.2f}"]
-  return '| ' + ' | '.join(cells) + ' |'
+  return [f"s{c['stage']} {c['hw']}x{c['hw']}x{c['c']}", f"{c['kernel']} ({c['kind']})",
+          str(c['batch']), c['auto_impl'], ms('jax_fwd'),
+          f"{ms('torch_nchw_fwd')} / {ms('torch_channels_last_fwd')}", ms('jax_fwd_bwd'),
+          f"{ms('torch_nchw_fwd_bwd')} / {ms('torch_channels_last_fwd_bwd')}",
+          f"{c['ratio_fwd']:.2f}", f"{c['ratio_fwd_bwd']:.2f}",
+          f"{c['ratio_vs_best_torch_fwd_bwd']:.2f}"]
 
 
 def depthwise_table(result: dict) -> str:
   """The whole table of a depthwise.py result."""
-  sep = '|' + '---|' * _HEADER.count(' | ') + '---|'
-  return '\n'.join([_HEADER, sep] + [depthwise_row(c) for c in result['cases']])
+  header = ['stage map', 'kernel', 'batch', 'JAX impl (inference/training)', 'JAX fwd',
+            'torch fwd NCHW / CL', 'JAX fwd+bwd', 'torch fwd+bwd NCHW / CL', 'ratio fwd (vs NCHW)',
+            'ratio fwd+bwd (vs NCHW)', 'ratio fwd+bwd vs best torch']
+  return _table(header, [depthwise_row(c) for c in result['cases']])
+
+
+def kd_step_table(result: dict) -> str:
+  """A kd_step.py result (with its PyTorch side): images/s, step-time ratio and the parts' seconds."""
+  header = ['teacher -> student', 'JAX img/s', 'PyTorch img/s', 'JAX/PyTorch step time',
+            'student step JAX / PyTorch (s)', 'teacher forward JAX / PyTorch (s)']
+  rows = [[f"{_name(c['teacher'])} -> {_name(c['student'])}", f"{c['jax_images_per_s']:.2f}",
+           f"{c['torch_images_per_s']:.2f}", f"**{c['ratio']:.2f}**",
+           f"{c['jax_student_step_s']:.2f} / {c['torch_student_step_s']:.2f}",
+           f"{c['jax_teacher_fwd_s']:.2f} / {c['torch_teacher_fwd_s']:.2f}"]
+          for c in result['cases']]
+  return _table(header, rows)
+
+
+def teacher_forward_table(result: dict) -> str:
+  """A teacher_forward.py result: the forward as configs/slak_kd.py runs it, and without depthwise."""
+  header = ['teacher', 'JAX, as `configs/slak_kd.py` runs it', 'PyTorch', 'JAX without depthwise',
+            'PyTorch without depthwise']
+  as_run = lambda c: (f"{c['merged_decom_ms']:.1f} (`merged_decom`)" if 'merged_decom_ms' in c
+                      else f"{c['inference_ms']:.1f}")
+  rows = [[_name(c['model']), as_run(c), f"{c['torch_inference_ms']:.1f}",
+           f"{c['without_depthwise_ms']:.1f}", f"{c['torch_without_depthwise_ms']:.1f}"]
+          for c in result['cases']]
+  return _table(header, rows)
+
+
+TABLES: dict[str, Callable[[dict], str]] = {
+    'depthwise': depthwise_table, 'kd_step': kd_step_table, 'teacher_forward': teacher_forward_table}
+
+
+def table(result: dict) -> str:
+  """The markdown table of a result JSON of one of TABLES' benchmarks."""
+  name = result.get('benchmark')
+  if name not in TABLES:
+    raise ValueError(f'No table for benchmark {name!r}; tables exist for {sorted(TABLES)}.')
+  return TABLES[name](result)
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('json_file', help='a benchmarks/depthwise.py --out file')
+  p.add_argument('json_file', help=f'a result JSON of benchmarks/{{{",".join(TABLES)}}}.py')
   a = p.parse_args(argv)
   with open(a.json_file) as f:
-    print(depthwise_table(json.load(f)))
+    print(table(json.load(f)))
 
 
 if __name__ == '__main__':

@@ -1,0 +1,145 @@
+"""benchmarks/: every script runs at tiny sizes and prints strict JSON (its JAX side without torch,
+as CI has none), and the READMEs' tables are table.py's rendering of the committed result JSON."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from flax import nnx
+
+from lkd_jax.models import depthwise as dw
+from lkd_jax.models import macs
+from lkd_jax.models import registry
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, 'benchmarks')
+sys.path.insert(0, BENCH)
+import table  # noqa: E402  (benchmarks/table.py)
+
+try:
+  import torch
+except ModuleNotFoundError:
+  torch = None
+
+
+def _strict(constant: str):
+  raise ValueError(f'{constant} in a result JSON: strict readers (jq, browsers) refuse it')
+
+
+def run_script(script: str, *args: str) -> dict:
+  """`python benchmarks/SCRIPT --json ARGS` as a user runs it (one CPU device), its stdout parsed."""
+  env = dict(os.environ, XLA_FLAGS=os.environ.get('XLA_FLAGS', '').replace(
+      '--xla_force_host_platform_device_count=8', '').strip())
+  proc = subprocess.run([sys.executable, os.path.join(BENCH, script), '--json', *args], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout, parse_constant=_strict)
+
+
+def assert_times(row: dict, keys: list[str]) -> None:
+  for k in keys:
+    assert isinstance(row[k], (int, float)) and 0 < row[k] < math.inf, (k, row[k])
+
+
+def assert_common(result: dict, benchmark: str) -> None:
+  assert result['benchmark'] == benchmark
+  assert result['device'].startswith('cpu (cpu); host ') and result['jax']
+  assert result['cases']
+
+
+def assert_torch_side(result: dict, row: dict, ratio_keys: list[str]) -> None:
+  """Ratios against PyTorch when it is installed; a note naming the extra when it is not."""
+  if torch is None:
+    assert 'pip install -e ".[torch]"' in result['torch_note']
+    assert not any(k in row for k in ratio_keys)
+  else:
+    assert_times(row, ratio_keys)
+
+
+def test_depthwise_script():
+  result = run_script('depthwise.py', '--stages', '4', '--batches', '1', '--kinds', 'Kx5,slak_unit',
+                      '--min-reps', '1', '--max-reps', '1', '--budget', '0')
+  assert_common(result, 'depthwise')
+  assert [c['kind'] for c in result['cases']] == ['Kx5', 'slak_unit']
+  for c in result['cases']:
+    kernels = [(c['kh'], c['kw'])] if c['kind'] == 'Kx5' else [(c['kh'], c['kw']), (c['kw'], c['kh']),
+                                                               (5, 5)]
+    # The label names what the library's `auto` picks for each convolution of the case.
+    assert c['auto_impl'] == '+'.join(dw.pick_auto((1, c['hw'], c['hw'], c['c']), (kh, kw, c['c']),
+                                                   'cpu') for kh, kw in kernels)
+    assert_times(c, ['jax_fwd', 'jax_fwd_bwd'])
+    assert_torch_side(result, c, ['ratio_fwd', 'ratio_fwd_bwd', 'ratio'])
+
+
+def test_kd_step_script():
+  result = run_script('kd_step.py', '--pairs', 'slak_atto:resnet_atto', '--size', '32', '--batch', '2',
+                      '--reps', '1', '--peak-tflops', '1')
+  assert_common(result, 'kd_step')
+  assert result['teacher_form'] == 'merged_decom' and result['pairs_in'] == 'this process'
+  (row,) = result['cases']
+  assert (row['teacher'], row['student'], row['batch'], row['size']) == ('slak_atto', 'resnet_atto', 2, 32)
+  assert_times(row, ['jax_step_s', 'jax_teacher_fwd_s', 'jax_student_step_s', 'jax_images_per_s',
+                     'jax_mfu'])
+  assert row['jax_images_per_s'] == pytest.approx(2 / row['jax_step_s'], rel=0.02)
+  dense = lambda name: macs.count_macs(nnx.eval_shape(lambda: registry.create(name, num_classes=1000)),
+                                       32) / 1e9
+  assert row['gflop_per_image'] == pytest.approx(2 * dense('slak_atto') + 6 * dense('resnet_atto'),
+                                                 abs=1e-3)
+  assert_torch_side(result, row, ['torch_step_s', 'ratio', 'teacher_fwd_ratio'])
+
+
+def test_teacher_forward_script():
+  result = run_script('teacher_forward.py', '--models', 'slak_atto', '--size', '32', '--batch', '2',
+                      '--reps', '1')
+  assert_common(result, 'teacher_forward')
+  (row,) = result['cases']
+  assert_times(row, ['training_forms_ms', 'inference_ms', 'merged_ms', 'merged_decom_ms',
+                     'without_depthwise_ms'])
+  assert set(row['compile_s']) == {'training_forms', 'inference', 'merged', 'merged_decom',
+                                   'without_depthwise'}
+  if torch is not None:
+    assert_times(row, ['torch_inference_ms', 'torch_without_depthwise_ms'])
+
+
+@pytest.mark.parametrize('script,args,time_keys', [
+    ('dense_conv.py', ['--batch', '1', '--only', 'r50_l1_1x1_64_64'],
+     ['jax_xla_fwd', 'jax_xla_fwd_bwd', 'jax_matmul_fwd', 'jax_matmul_fwd_bwd']),
+    ('max_pool.py', ['--batches', '1'], ['jax_pool_fwd', 'jax_pool_fwd_bwd', 'jax_reduce_window_fwd_bwd']),
+    ('layer_norm.py', ['--models', 'convnext_atto', '--batch', '1', '--reps', '1'],
+     ['reduce_ms', 'dot_ms']),
+    ('kernel_grad.py', ['--models', 'convnext_atto', '--size', '32', '--batch', '2', '--reps', '1'],
+     ['before_ms', 'fft_ms', 'tree_ms', 'auto_ms']),
+])
+def test_small_scripts(script, args, time_keys):
+  result = run_script(script, *args)
+  assert_common(result, script[:-3])
+  for row in result['cases']:
+    assert_times(row, time_keys)
+
+
+def test_input_pipeline_script():
+  result = run_script('input_pipeline.py', '--sources', 'synthetic', '--synthetic', '8', '--batch', '4',
+                      '--warmup', '1', '--seconds', '0.5')
+  assert result['benchmark'] == 'input_pipeline'
+  (row,) = result['cases']
+  assert row['source'] == 'synthetic' and row['images'] == 8
+  assert_times(row, ['train_img_per_s', 'eval_img_per_s'])
+
+
+@pytest.mark.parametrize('readme,result_file', [
+    ('benchmarks/README.md', 'depthwise_cpu.json'),
+    ('README.md', 'kd_step_cpu_three_pairs_own_processes.json'),
+    ('README.md', 'teacher_forward_cpu.json'),
+])
+def test_readme_tables_are_the_committed_results(readme, result_file):
+  with open(os.path.join(BENCH, 'results', result_file)) as f:
+    rendered = table.table(json.load(f))
+  with open(os.path.join(ROOT, readme)) as f:
+    assert rendered in f.read(), f'{readme} lacks `python benchmarks/table.py` of {result_file}'
+
+
+def test_table_refuses_other_results():
+  with pytest.raises(ValueError, match="No table for benchmark 'max_pool'"):
+    table.table({'benchmark': 'max_pool', 'cases': []})
