@@ -7,7 +7,8 @@ Each case times forward and forward+backward (loss sum(y**2), gradients wrt inpu
 JAX implementation picked by `auto` (plus any --impls), and of torch `nn.Conv2d(groups=C)` in NCHW
 (PyTorch's default layout and the one SLaK's code uses) and channels_last. JAX and torch take turns
 inside each repetition, so machine load hits both alike, each turn timing its second call
-(benchmarks/timing.py); times are medians in ms. The process runs with --host-malloc (default tuned).
+(benchmarks/timing.py); times are medians in ms. The process runs with --host-malloc (default
+auto: tuned on CPU).
 Kind `slak_unit` is SLaK's large-kernel unit as the model runs it: the Kx5, 5xK and 5x5 convolutions
 of one input summed in one jitted function (one Conv2d each on the PyTorch side), because XLA fuses
 the sum and a conv's speed alone need not be its speed there.

@@ -4,6 +4,7 @@
     python benchmarks/kd_step.py --json --batch 8 --pairs slak_t:resnet50 --reps 3
     python benchmarks/kd_step.py --json --reps 5 --jax-only   # JAX alone in the process
     python benchmarks/kd_step.py --json --torch-teacher-form merged_decom   # same folding both sides
+    python benchmarks/kd_step.py --json --batch 64 --reps 10 --peak-tflops 989   # H100 SXM bf16 peak
 
 Step = teacher forward in eval mode without gradients (jax.lax.stop_gradient / torch.no_grad) +
 student forward/backward in train mode (BatchNorm batch statistics) + vanilla KD loss
@@ -13,10 +14,12 @@ the step, the student's part alone (the same step fed teacher logits computed be
 `*_step_minus_parts_s` = step - teacher forward - student step, the cost or saving of fusing them),
 and SLaK-T forward / ConvNeXt-T forward. Images/s = batch / median step time; each turn
 times its second call (benchmarks/timing.py); `*_minor_faults` counts one more step's page faults.
-The whole process, PyTorch included, runs with --host-malloc (default `tuned`, as lkd_jax.main on
-CPU: lkd_jax/host_malloc.py; `system` keeps glibc's defaults). Several --pairs run each in a
-fresh process of this script (--same-process: all in this one): with the tuned malloc, a JAX
-program run after a bigger one was freed ran up to 21% slower (benchmarks/README.md, Fused KD step).
+The whole process, PyTorch included, runs with --host-malloc (default `auto`: `tuned` where JAX
+runs on CPU, as lkd_jax.main does: lkd_jax/host_malloc.py; `system` keeps glibc's defaults).
+Several --pairs run each in a fresh process of this script (--same-process: all in this one): with
+the tuned malloc, a JAX program run after a bigger one was freed ran up to 21% slower
+(benchmarks/README.md, Fused KD step). --pairs are registered lkd_jax models; PyTorch equivalents
+exist for slak_t, convnext_t and resnet50, other pairs run their JAX side alone (noted).
 The PyTorch models are minimal equivalents written here (no timm/torchvision): SLaK-T (width 1.3,
 decomposed Kx5 + 5xK + 5x5 depthwise branches with BN), ConvNeXt-T (official: 7x7 dw with bias),
 ResNet-50 (torchvision v1.5). torch is optional; without it only the JAX side runs.
@@ -24,6 +27,11 @@ A SLaK teacher runs in --teacher-form on the JAX side (default `merged_decom`, c
 default: BN and the 5x5 branch folded into the Kx5 / 5xK kernels, lkd_jax/models/slak.py) and in
 --torch-teacher-form on the PyTorch side (default `branches`: the three conv+BN branches, as the
 paper's KD code runs its teacher; `merged_decom` / `merged` give it the same folded convs).
+The teacher computes in --teacher-dtype (default: bfloat16 where JAX runs on an accelerator, as
+configs/slak_kd.py runs it, float32 on CPU) through lkd_jax.step.teacher_forward, and PyTorch's
+teacher under autocast to the same dtype; the students train in float32. On a GPU PyTorch runs on
+CUDA with TF32 matmuls and convolutions (JAX's default precision for float32 there), each of its
+calls synchronized before the clock reads.
 `gflop_per_image` counts dense FLOPs, KD step = 2*teacher + 6*student forward GMACs per image, each
 model's counted at --size by lkd_jax.models.macs as `python -m lkd_jax.models --list` does (at 224:
 SLaK-T 8.70, ConvNeXt-T 4.46, ResNet-50 4.09); with --peak-tflops (an accelerator's dense peak) MFU too.
@@ -54,6 +62,7 @@ from lkd_jax.models import layers  # noqa: E402
 from lkd_jax.models import macs  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
 from lkd_jax.models import slak  # noqa: E402
+from lkd_jax.step import teacher_forward  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, jit, medians, time_interleaved  # noqa: E402
 
 try:
@@ -83,7 +92,7 @@ def kd_loss_jax(s_logits, t_logits, labels):
   return (1 - ALPHA) * ce + ALPHA * kl * T * T
 
 
-def build_jax(teacher_name, student_name, teacher_form='branches'):
+def build_jax(teacher_name, student_name, teacher_form='branches', teacher_dtype='float32'):
   teacher = slak.merge_large_kernels(registry.create(teacher_name, num_classes=NUM_CLASSES, seed=0),
                                      teacher_form)
   student = registry.create(student_name, num_classes=NUM_CLASSES, seed=1)
@@ -93,8 +102,7 @@ def build_jax(teacher_name, student_name, teacher_form='branches'):
   opt_state = tx.init(s_params)
 
   def teacher_fwd(t_state, x):
-    logits, _ = nnx.merge(t_graph, t_state)(x, train=False)
-    return jax.lax.stop_gradient(logits)
+    return teacher_forward(t_graph, t_state, x, jnp.dtype(teacher_dtype))[0]
 
   def student_update(s_params, s_stats, opt_state, t_logits, x, labels):
     def loss_fn(params):
@@ -219,12 +227,36 @@ if torch is not None:
                   'convnext_t_bn': lambda: ConvNeXtLike(False), 'resnet50': ResNet50}
 
 
-def build_torch(teacher_name, student_name, channels_last, teacher_form='branches'):
+def torch_device(choice: str) -> str:
+  """--torch-device: 'auto' = CUDA where JAX runs on a GPU and torch sees one, else the CPU."""
+  if choice != 'auto':
+    return choice
+  return 'cuda' if jax.default_backend() == 'gpu' and torch.cuda.is_available() else 'cpu'
+
+
+def _synced(fn, device: str):
+  """`fn`, then a wait for the device's queue (CUDA kernels run asynchronously to the host)."""
+  if not device.startswith('cuda'):
+    return fn
+
+  def call(*args):
+    out = fn(*args)
+    torch.cuda.synchronize()
+    return out
+  return call
+
+
+def build_torch(teacher_name, student_name, channels_last, teacher_form='branches', device='cpu',
+                teacher_dtype='float32'):
   build = TORCH_MODELS[teacher_name]
-  teacher = (build(teacher_form) if teacher_name == 'slak_t' else build()).eval()
-  student = TORCH_MODELS[student_name]().train()
+  teacher = (build(teacher_form) if teacher_name == 'slak_t' else build()).eval().to(device)
+  student = TORCH_MODELS[student_name]().train().to(device)
   if channels_last:
     teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
+  if device.startswith('cuda'):  # JAX's default precision for float32 convs and matmuls on GPU.
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+  t_dtype = getattr(torch, teacher_dtype)
   opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.05)
 
   def run_student(t_logits, x, labels):
@@ -237,9 +269,11 @@ def build_torch(teacher_name, student_name, channels_last, teacher_form='branche
     opt.step()
 
   def run_tfwd(x):
-    with torch.no_grad():
-      return teacher(x)
-  return lambda x, labels: run_student(run_tfwd(x), x, labels), run_tfwd, run_student
+    with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=t_dtype,
+                                         enabled=t_dtype != torch.float32):
+      return teacher(x).float()
+  return tuple(_synced(f, device) for f in (
+      lambda x, labels: run_student(run_tfwd(x), x, labels), run_tfwd, run_student))
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -263,6 +297,10 @@ def main(argv=None):
                  help='LayerNorm statistics')
   p.add_argument('--peak-tflops', type=float, default=None, help='dense peak for MFU (accelerators)')
   p.add_argument('--jax-only', action='store_true', help='skip the PyTorch side even if torch is installed')
+  p.add_argument('--torch-device', default='auto',
+                 help="PyTorch's device: auto (CUDA where JAX runs on a GPU), cpu, cuda, cuda:N")
+  p.add_argument('--teacher-dtype', default='auto', choices=['auto', 'float32', 'bfloat16'],
+                 help='the teacher forward, both sides (auto: bfloat16 on accelerators, else float32)')
   p.add_argument('--teacher-form', default='merged_decom', choices=slak.INFERENCE_FORMS,
                  help="a SLaK teacher's inference form, JAX side")
   p.add_argument('--torch-teacher-form', default='branches', choices=slak.INFERENCE_FORMS,
@@ -274,9 +312,18 @@ def main(argv=None):
   a = p.parse_args(argv)
   use_torch = torch is not None and not a.jax_only
   host_malloc = apply_host_malloc(a.host_malloc)
+  if a.teacher_dtype == 'auto':
+    a.teacher_dtype = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+  a.torch_device = torch_device(a.torch_device) if use_torch else None
   conv.set_conv_impl(a.conv_impl)
   layers.set_layer_norm_impl(a.layer_norm_impl)
   pairs = a.pairs.split(',')
+  known = set(registry.names()) | {'convnext_t'}
+  for pair in pairs:
+    bad = [m for m in pair.split(':') if m not in known]
+    if pair.count(':') != 1 or bad:
+      hint = f' (unknown: {", ".join(bad)}; `python -m lkd_jax.models --list` lists them)' if bad else ''
+      p.error(f'--pairs takes teacher:student pairs of registered models, got {pair!r}{hint}')
   if len(pairs) > 1 and not a.same_process:
     rows, notes = _pairs_in_own_processes(argv, pairs)
   else:
@@ -309,27 +356,31 @@ def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool) -> tup
   ln = rng.integers(0, NUM_CLASSES, a.batch)
   x, labels = jnp.asarray(xn), jnp.asarray(ln)
   if use_torch:
-    xt = torch.from_numpy(np.ascontiguousarray(xn.transpose(0, 3, 1, 2)))
+    xt = torch.from_numpy(np.ascontiguousarray(xn.transpose(0, 3, 1, 2))).to(a.torch_device)
     if a.torch_layout == 'channels_last':
       xt = xt.contiguous(memory_format=torch.channels_last)
-    lt = torch.from_numpy(ln)
+    lt = torch.from_numpy(ln).to(a.torch_device)
   rows, notes = [], []
   for pair in pairs:
     tname, sname = pair.split(':')
     if tname not in names and tname == 'convnext_t':
       notes.append('convnext_t not registered: used convnext_t_bn (SLaK-code ConvNeXt, 7x7 + BN)')
       tname = 'convnext_t_bn'
+    pair_torch = use_torch and tname in TORCH_MODELS and sname in TORCH_MODELS
+    if use_torch and not pair_torch:
+      notes.append(f'torch side skipped for {tname}:{sname}: no PyTorch equivalent in this script '
+                   f'(it has {", ".join(TORCH_MODELS)})')
     t0 = time.perf_counter()
-    j_step, j_tfwd, j_student = build_jax(tname, sname, a.teacher_form)
+    j_step, j_tfwd, j_student = build_jax(tname, sname, a.teacher_form, a.teacher_dtype)
     j_step(x, labels)
     j_logits = j_tfwd(x)
     compile_s = time.perf_counter() - t0
     fns = {'jax_step': lambda: j_step(x, labels), 'jax_teacher_fwd': lambda: j_tfwd(x),
            'jax_student_step': lambda: j_student(j_logits, x, labels)}
-    if use_torch:
+    if pair_torch:
       torch.manual_seed(0)
       t_step, t_tfwd, t_student = build_torch(tname, sname, a.torch_layout == 'channels_last',
-                                              a.torch_teacher_form)
+                                              a.torch_teacher_form, a.torch_device, a.teacher_dtype)
       t_step(xt, lt)
       t_logits = t_tfwd(xt)
       fns |= {'torch_step': lambda: t_step(xt, lt), 'torch_teacher_fwd': lambda: t_tfwd(xt),
@@ -349,7 +400,7 @@ def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool) -> tup
                    for i, k in enumerate((51, 49, 47, 13)) for shape in ((k, 5, 1), (5, k, 1))})
                if tname == 'slak_t' else None,
                gflop_per_image=gflop_step, **faults)
-    if use_torch:
+    if pair_torch:
       row |= dict(torch_images_per_s=round(a.batch / res['torch_step'], 2),
                   torch_teacher_share=round(res['torch_teacher_fwd'] / res['torch_step'], 3),
                   torch_step_minus_parts_s=round(res['torch_step'] - res['torch_teacher_fwd']
@@ -375,7 +426,8 @@ def _emit_result(a: argparse.Namespace, rows: list[dict], notes: list[str], host
              jax=jax.__version__, torch=None if torch is None else torch.__version__,
              torch_note='torch side skipped: --jax-only' if a.jax_only else TORCH_NOTE,
              pairs_in='this process' if a.same_process or len(rows) < 2 else 'a process each',
-             torch_layout=a.torch_layout, teacher_form=a.teacher_form,
+             torch_device=a.torch_device, torch_layout=a.torch_layout, teacher_dtype=a.teacher_dtype,
+             teacher_form=a.teacher_form,
              torch_teacher_form=a.torch_teacher_form, depthwise_impl=dw.get_depthwise_impl(),
              conv_impl=conv.get_conv_impl(), layer_norm_impl=layers.get_layer_norm_impl(),
              host_malloc=host_malloc,

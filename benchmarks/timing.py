@@ -70,9 +70,10 @@ def medians(times: dict[str, list[float]], scale: float = 1.0) -> dict[str, floa
 
 def add_host_malloc_arg(p: argparse.ArgumentParser) -> None:
   """--host-malloc, as `apply_host_malloc` takes it."""
-  p.add_argument('--host-malloc', default='tuned', choices=HOST_MALLOC_MODES,
+  p.add_argument('--host-malloc', default='auto', choices=HOST_MALLOC_MODES,
                  help="glibc malloc kept warm for the whole process, PyTorch's side included "
-                 "(lkd_jax/host_malloc.py; lkd_jax.main applies it on CPU); 'system' = defaults")
+                 "(lkd_jax/host_malloc.py); 'auto' = 'tuned' where JAX runs on CPU, as lkd_jax.main "
+                 "does; 'system' = glibc's defaults")
 
 
 def apply_host_malloc(mode: str) -> str:
