@@ -51,8 +51,10 @@ from timing import add_host_malloc_arg, apply_host_malloc, compiled_forward, tim
 try:
   import torch
   from kd_step import TORCH_MODELS  # noqa: E402  (benchmarks/kd_step.py: the same PyTorch teachers)
-except ModuleNotFoundError:
+  TORCH_NOTE = None
+except ModuleNotFoundError as e:
   torch = None
+  TORCH_NOTE = f'torch side skipped: {e} (pip install -e ".[torch]")'
 
 
 def without_depthwise(model, x):
@@ -98,9 +100,12 @@ def main(argv=None):
   host_malloc = apply_host_malloc(a.host_malloc)
   use_all_cores()
   x = jnp.asarray(np.random.default_rng(0).standard_normal((a.batch, a.size, a.size, 3)), jnp.float32)
-  rows = []
+  rows, notes = [], []
   for name in a.models.split(','):
     model = registry.create(name, num_classes=1000, seed=0)
+    if torch is not None and name not in TORCH_MODELS:
+      notes.append(f'torch side skipped for {name}: no PyTorch equivalent in benchmarks/kd_step.py '
+                   f'(it has {", ".join(TORCH_MODELS)})')
     builds = {'training_forms': functools.partial(compiled_forward, model, x, True),
               'inference': functools.partial(compiled_forward, model, x)}
     if name.startswith('slak'):
@@ -130,9 +135,9 @@ def main(argv=None):
     rows.append(row)
     print('#', row, file=sys.stderr, flush=True)
   emit(dict(benchmark='teacher_forward', **device_fields(), jax=jax.__version__,
-            torch=None if torch is None else torch.__version__,
-            depthwise_impl=dw.get_depthwise_impl(), host_malloc=host_malloc, units='ms per forward (median, and min)',
-            cases=rows), a.out, a.json)
+            torch=None if torch is None else torch.__version__, torch_note=TORCH_NOTE, notes=notes,
+            depthwise_impl=dw.get_depthwise_impl(), host_malloc=host_malloc,
+            units='ms per forward (median, and min)', cases=rows), a.out, a.json)
 
 
 if __name__ == '__main__':

@@ -63,6 +63,14 @@ def assert_torch_side(result: dict, row: dict, ratio_keys: list[str]) -> None:
     assert_times(row, ratio_keys)
 
 
+def assert_torch_skipped(result: dict, what: str) -> None:
+  """The result says why `what` has no PyTorch side: torch missing, or no equivalent model."""
+  if torch is None:
+    assert 'pip install -e ".[torch]"' in result['torch_note']
+  else:
+    assert any(f'torch side skipped for {what}:' in n for n in result['notes'])
+
+
 def test_depthwise_script():
   result = run_script('depthwise.py', '--stages', '4', '--batches', '1', '--kinds', 'Kx5,slak_unit',
                       '--min-reps', '1', '--max-reps', '1', '--budget', '0')
@@ -94,10 +102,7 @@ def test_kd_step_script():
                                                  abs=1e-3)
   # The script's PyTorch models are the paper's sizes only: a tiny pair runs its JAX side alone.
   assert 'torch_step_s' not in row and 'ratio' not in row
-  if torch is None:
-    assert 'pip install -e ".[torch]"' in result['torch_note']
-  else:
-    assert any('torch side skipped for slak_atto:resnet_atto' in n for n in result['notes'])
+  assert_torch_skipped(result, 'slak_atto:resnet_atto')
 
 
 def test_kd_step_script_refuses_unknown_pairs_early():
@@ -116,6 +121,7 @@ def test_teacher_forward_script():
   assert set(row['compile_s']) == {'training_forms', 'inference', 'merged', 'merged_decom',
                                    'without_depthwise'}
   assert 'torch_inference_ms' not in row  # PyTorch teachers: the paper's sizes only.
+  assert_torch_skipped(result, 'slak_atto')
 
 
 @pytest.mark.parametrize('script,args,time_keys', [
