@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from depthwise import TORCH_NOTE, Timer, add_timer_args, torch, torch_module_fns, use_all_cores  # noqa: E402  (benchmarks/depthwise.py)
+from depthwise import Timer, add_timer_args, torch_module_fns  # noqa: E402  (benchmarks/depthwise.py)
+from torch_side import add_torch_device_arg, torch, torch_device, torch_fields, use_all_cores  # noqa: E402
 from emit import add_output_args, device_fields, emit  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, jit  # noqa: E402
 from lkd_jax.models import conv  # noqa: E402
@@ -50,12 +51,13 @@ def jax_fns(x, w, stride, pad, impl, grad_x: bool):
           lambda: jax.block_until_ready(grad(x, w)))
 
 
-def torch_fns(xn, wn, stride, pad, channels_last: bool, grad_x: bool):
+def torch_fns(xn, wn, stride, pad, channels_last: bool, grad_x: bool, device: str = 'cpu'):
   k, _, ci, co = wn.shape
   m = torch.nn.Conv2d(ci, co, k, stride=stride, padding=pad, bias=False)
   with torch.no_grad():
     m.weight.copy_(torch.from_numpy(np.ascontiguousarray(wn.transpose(3, 2, 0, 1))))
-  return torch_module_fns(m, np.ascontiguousarray(xn.transpose(0, 3, 1, 2)), channels_last, grad_x)
+  return torch_module_fns(m, np.ascontiguousarray(xn.transpose(0, 3, 1, 2)), channels_last, grad_x,
+                          device)
 
 
 def main(argv=None):
@@ -64,10 +66,12 @@ def main(argv=None):
   p.add_argument('--batch', type=int, default=8)
   p.add_argument('--only', default='', help='only these case names, comma-separated')
   add_timer_args(p, max_reps=11)
+  add_torch_device_arg(p)
   add_host_malloc_arg(p)
   a = p.parse_args(argv)
   host_malloc = apply_host_malloc(a.host_malloc)
   use_all_cores()
+  device = torch_device(a.torch_device)
   rng = np.random.default_rng(0)
   rows = []
   for name, hw, ci, co, k, s, pad in CASES:
@@ -82,7 +86,7 @@ def main(argv=None):
       fns[f'jax_{impl}_fwd'], fns[f'jax_{impl}_fwd_bwd'] = jax_fns(x, w, s, pad, impl, grad_x)
     if torch is not None:
       for cl, tag in [(False, 'nchw'), (True, 'channels_last')]:
-        fns[f'torch_{tag}_fwd'], fns[f'torch_{tag}_fwd_bwd'] = torch_fns(xn, wn, s, pad, cl, grad_x)
+        fns[f'torch_{tag}_fwd'], fns[f'torch_{tag}_fwd_bwd'] = torch_fns(xn, wn, s, pad, cl, grad_x, device)
     t0 = time.perf_counter()
     res = Timer(fns, a.budget, a.min_reps, a.max_reps).run()
     form = lambda impl: conv.conv_form(x.shape, w.shape, (s, s), ((pad, pad),) * 2, impl=impl)
@@ -100,8 +104,8 @@ def main(argv=None):
           file=sys.stderr, flush=True)
   out = dict(
       benchmark='dense_conv', **device_fields(),
-      jax=jax.__version__, torch=None if torch is None else torch.__version__, torch_note=TORCH_NOTE,
-      host_malloc=host_malloc, units='ms (median)', ratio_definition='JAX auto (the xla or matmul column, as auto_form says) fwd+bwd / torch NCHW fwd+bwd',
+      jax=jax.__version__, **torch_fields(device), host_malloc=host_malloc, units='ms (median)',
+      ratio_definition='JAX auto (the xla or matmul column, as auto_form says) fwd+bwd / torch NCHW fwd+bwd',
       speedup_definition='JAX xla fwd+bwd / JAX matmul fwd+bwd', cases=rows)
   emit(out, a.out, a.json)
 

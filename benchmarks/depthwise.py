@@ -30,13 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import depthwise as dw  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, jit, medians, time_interleaved  # noqa: E402
-
-try:
-  import torch
-  TORCH_NOTE = None
-except ModuleNotFoundError as e:  # the JAX side still runs.
-  torch = None
-  TORCH_NOTE = f'torch side skipped: {e} (pip install -e ".[torch]")'
+from torch_side import add_torch_device_arg, synced, torch, torch_device, torch_fields, use_all_cores  # noqa: E402
 
 # SLaK-T (width 1.3): stage maps at 224 px and kernels (51, 49, 47, 13) x 5; 'merged' is the eval-mode
 # KxK kernel (branches summed); slak_unit = Kx5 + 5xK + 5x5 on one input, summed; convnext_7x7 is
@@ -64,14 +58,6 @@ class Timer:
   def run(self) -> dict:
     times = time_interleaved(self.fns, self.max_reps, self.budget, self.min_reps)
     return medians(times, 1e3) | {'reps': len(next(iter(times.values())))}
-
-
-def use_all_cores() -> int | None:
-  """Lets torch use every core, as XLA:CPU does; returns its thread count (None without torch)."""
-  if torch is None:
-    return None
-  torch.set_num_threads(os.cpu_count())
-  return torch.get_num_threads()
 
 
 def add_timer_args(p: argparse.ArgumentParser, max_reps: int) -> None:
@@ -112,13 +98,14 @@ def torch_conv(kern: np.ndarray) -> 'torch.nn.Conv2d':
   return m
 
 
-def torch_fns(xn, kerns, channels_last: bool):
-  return torch_module_fns(_Sum([torch_conv(k) for k in kerns]), xn, channels_last)
+def torch_fns(xn, kerns, channels_last: bool, device: str = 'cpu'):
+  return torch_module_fns(_Sum([torch_conv(k) for k in kerns]), xn, channels_last, device=device)
 
 
-def torch_module_fns(m, xn, channels_last: bool, grad_x: bool = True):
-  """(forward under no_grad, forward+backward of sum(y**2)) for torch module `m` on NCHW `xn`."""
-  x = torch.from_numpy(xn)
+def torch_module_fns(m, xn, channels_last: bool, grad_x: bool = True, device: str = 'cpu'):
+  """(forward under no_grad, forward+backward of sum(y**2)) for torch module `m` on NCHW `xn`, on
+  `device`, each returning once the device is done."""
+  m, x = m.to(device), torch.from_numpy(xn).to(device)
   if channels_last:
     m = m.to(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -132,7 +119,7 @@ def torch_module_fns(m, xn, channels_last: bool, grad_x: bool = True):
     m.zero_grad(set_to_none=True)
     xg.grad = None
     torch.square(m(xg)).sum().backward()
-  return fwd, fwd_bwd
+  return synced(fwd, device), synced(fwd_bwd, device)
 
 
 def main(argv=None):
@@ -147,10 +134,12 @@ def main(argv=None):
   p.add_argument('--stages', default='', help='only these stages, e.g. 1,3')
   add_timer_args(p, max_reps=15)
   p.add_argument('--check', action='store_true', help='also report max rel. error of auto vs torch')
+  add_torch_device_arg(p)
   add_host_malloc_arg(p)
   a = p.parse_args(argv)
   host_malloc = apply_host_malloc(a.host_malloc)
   threads = use_all_cores()
+  device = torch_device(a.torch_device)
   rng = np.random.default_rng(0)
   rows = []
   extra = [i for i in a.impls.split(',') if i]
@@ -175,7 +164,7 @@ def main(argv=None):
       if torch is not None:
         xt = np.ascontiguousarray(xn.transpose(0, 3, 1, 2))
         for cl, tag in [(False, 'nchw'), (True, 'channels_last')]:
-          f, g = torch_fns(xt, kns, cl)
+          f, g = torch_fns(xt, kns, cl, device)
           fns[f'torch_{tag}_fwd'], fns[f'torch_{tag}_fwd_bwd'] = f, g
       t0 = time.perf_counter()
       res = Timer(fns, a.budget, a.min_reps, a.max_reps).run()
@@ -201,8 +190,7 @@ def main(argv=None):
             file=sys.stderr, flush=True)
   out = dict(
       benchmark='depthwise', **device_fields(),
-      jax=jax.__version__, torch=None if torch is None else torch.__version__, torch_note=TORCH_NOTE,
-      torch_threads=threads, host_malloc=host_malloc,
+      jax=jax.__version__, **torch_fields(device), torch_threads=threads, host_malloc=host_malloc,
       units='ms (median)', ratio_definition='JAX auto fwd+bwd / torch NCHW fwd+bwd',
       cases=rows)
   emit(out, a.out, a.json)

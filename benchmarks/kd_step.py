@@ -54,7 +54,6 @@ import optax
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from depthwise import use_all_cores  # noqa: E402  (benchmarks/depthwise.py)
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import conv  # noqa: E402
 from lkd_jax.models import depthwise as dw  # noqa: E402
@@ -64,15 +63,12 @@ from lkd_jax.models import registry  # noqa: E402
 from lkd_jax.models import slak  # noqa: E402
 from lkd_jax.step import teacher_forward  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, jit, medians, time_interleaved  # noqa: E402
+from torch_side import (add_torch_device_arg, synced, torch, torch_device, torch_fields,  # noqa: E402
+                        use_all_cores)
 
-try:
-  import torch
+if torch is not None:
   from torch import nn
   import torch.nn.functional as F
-  TORCH_NOTE = None
-except ModuleNotFoundError as e:
-  torch = None
-  TORCH_NOTE = f'torch side skipped: {e} (pip install -e ".[torch]")'
 
 NUM_CLASSES = 1000
 T, ALPHA = 3.0, 0.1
@@ -227,25 +223,6 @@ if torch is not None:
                   'convnext_t_bn': lambda: ConvNeXtLike(False), 'resnet50': ResNet50}
 
 
-def torch_device(choice: str) -> str:
-  """--torch-device: 'auto' = CUDA where JAX runs on a GPU and torch sees one, else the CPU."""
-  if choice != 'auto':
-    return choice
-  return 'cuda' if jax.default_backend() == 'gpu' and torch.cuda.is_available() else 'cpu'
-
-
-def _synced(fn, device: str):
-  """`fn`, then a wait for the device's queue (CUDA kernels run asynchronously to the host)."""
-  if not device.startswith('cuda'):
-    return fn
-
-  def call(*args):
-    out = fn(*args)
-    torch.cuda.synchronize()
-    return out
-  return call
-
-
 def build_torch(teacher_name, student_name, channels_last, teacher_form='branches', device='cpu',
                 teacher_dtype='float32'):
   build = TORCH_MODELS[teacher_name]
@@ -253,9 +230,6 @@ def build_torch(teacher_name, student_name, channels_last, teacher_form='branche
   student = TORCH_MODELS[student_name]().train().to(device)
   if channels_last:
     teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
-  if device.startswith('cuda'):  # JAX's default precision for float32 convs and matmuls on GPU.
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    torch.backends.cudnn.benchmark = True
   t_dtype = getattr(torch, teacher_dtype)
   opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.05)
 
@@ -272,7 +246,7 @@ def build_torch(teacher_name, student_name, channels_last, teacher_form='branche
     with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=t_dtype,
                                          enabled=t_dtype != torch.float32):
       return teacher(x).float()
-  return tuple(_synced(f, device) for f in (
+  return tuple(synced(f, device) for f in (
       lambda x, labels: run_student(run_tfwd(x), x, labels), run_tfwd, run_student))
 
 
@@ -297,8 +271,7 @@ def main(argv=None):
                  help='LayerNorm statistics')
   p.add_argument('--peak-tflops', type=float, default=None, help='dense peak for MFU (accelerators)')
   p.add_argument('--jax-only', action='store_true', help='skip the PyTorch side even if torch is installed')
-  p.add_argument('--torch-device', default='auto',
-                 help="PyTorch's device: auto (CUDA where JAX runs on a GPU), cpu, cuda, cuda:N")
+  add_torch_device_arg(p)
   p.add_argument('--teacher-dtype', default='auto', choices=['auto', 'float32', 'bfloat16'],
                  help='the teacher forward, both sides (auto: bfloat16 on accelerators, else float32)')
   p.add_argument('--teacher-form', default='merged_decom', choices=slak.INFERENCE_FORMS,
@@ -423,10 +396,10 @@ def _emit_result(a: argparse.Namespace, rows: list[dict], notes: list[str], host
     if 'slak_t' in fw and cnx:
       summary[f'{side}_slak_t_fwd_over_convnext_t_fwd'] = round(fw['slak_t'] / cnx, 3)
   out = dict(benchmark='kd_step', **device_fields(),
-             jax=jax.__version__, torch=None if torch is None else torch.__version__,
-             torch_note='torch side skipped: --jax-only' if a.jax_only else TORCH_NOTE,
+             jax=jax.__version__,
+             **torch_fields(a.torch_device, 'torch side skipped: --jax-only' if a.jax_only else None),
              pairs_in='this process' if a.same_process or len(rows) < 2 else 'a process each',
-             torch_device=a.torch_device, torch_layout=a.torch_layout, teacher_dtype=a.teacher_dtype,
+             torch_layout=a.torch_layout, teacher_dtype=a.teacher_dtype,
              teacher_form=a.teacher_form,
              torch_teacher_form=a.torch_teacher_form, depthwise_impl=dw.get_depthwise_impl(),
              conv_impl=conv.get_conv_impl(), layer_norm_impl=layers.get_layer_norm_impl(),

@@ -19,7 +19,8 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from depthwise import TORCH_NOTE, Timer, add_timer_args, torch, torch_module_fns, use_all_cores  # noqa: E402  (benchmarks/depthwise.py)
+from depthwise import Timer, add_timer_args, torch_module_fns  # noqa: E402  (benchmarks/depthwise.py)
+from torch_side import add_torch_device_arg, torch, torch_device, torch_fields, use_all_cores  # noqa: E402
 from emit import add_output_args, device_fields, emit  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, jit  # noqa: E402
 from lkd_jax.models import pool  # noqa: E402
@@ -41,10 +42,12 @@ def main(argv=None):
   add_output_args(p)
   p.add_argument('--batches', default='1,8')
   add_timer_args(p, max_reps=15)
+  add_torch_device_arg(p)
   add_host_malloc_arg(p)
   a = p.parse_args(argv)
   host_malloc = apply_host_malloc(a.host_malloc)
   use_all_cores()
+  device = torch_device(a.torch_device)
   rows = []
   for b in [int(v) for v in a.batches.split(',')]:
     xn = np.random.default_rng(0).standard_normal((b, 112, 112, 64), dtype=np.float32)
@@ -55,7 +58,8 @@ def main(argv=None):
       fns[f'{name}_fwd'], fns[f'{name}_fwd_bwd'] = jax_fns(f, x)
     if torch is not None:
       fns['torch_nchw_fwd'], fns['torch_nchw_fwd_bwd'] = torch_module_fns(
-          torch.nn.MaxPool2d(3, 2, 1), np.ascontiguousarray(xn.transpose(0, 3, 1, 2)), False)
+          torch.nn.MaxPool2d(3, 2, 1), np.ascontiguousarray(xn.transpose(0, 3, 1, 2)), False,
+          device=device)
     res = Timer(fns, a.budget, a.min_reps, a.max_reps).run()
     row = dict(batch=b, map='112x112x64', **{k: round(v, 2) for k, v in res.items()},
                speedup_fwd_bwd=round(res['jax_reduce_window_fwd_bwd'] / res['jax_pool_fwd_bwd'], 2))
@@ -64,8 +68,8 @@ def main(argv=None):
     rows.append(row)
     print('#', row, file=sys.stderr, flush=True)
   emit(dict(benchmark='max_pool', **device_fields(), jax=jax.__version__,
-            torch=None if torch is None else torch.__version__, torch_note=TORCH_NOTE,
-            host_malloc=host_malloc, units='ms (median)', speedup_definition='reduce_window fwd+bwd / pool fwd+bwd',
+            **torch_fields(device), host_malloc=host_malloc, units='ms (median)',
+            speedup_definition='reduce_window fwd+bwd / pool fwd+bwd',
             ratio_definition='pool fwd+bwd / torch NCHW fwd+bwd', cases=rows), a.out, a.json)
 
 

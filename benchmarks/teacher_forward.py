@@ -40,7 +40,6 @@ import numpy as np
 from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from depthwise import use_all_cores  # noqa: E402  (benchmarks/depthwise.py)
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax.models import depthwise as dw  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
@@ -48,13 +47,11 @@ from lkd_jax.models.slak import merge_large_kernels  # noqa: E402
 from lkd_jax.models import layers  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, compiled_forward, time_interleaved  # noqa: E402
 
-try:
-  import torch
+from torch_side import (add_torch_device_arg, synced, torch, torch_device, torch_fields,  # noqa: E402
+                        use_all_cores)
+
+if torch is not None:
   from kd_step import TORCH_MODELS  # noqa: E402  (benchmarks/kd_step.py: the same PyTorch teachers)
-  TORCH_NOTE = None
-except ModuleNotFoundError as e:
-  torch = None
-  TORCH_NOTE = f'torch side skipped: {e} (pip install -e ".[torch]")'
 
 
 def without_depthwise(model, x):
@@ -69,20 +66,21 @@ def with_bands(bands: int, build: Callable[[], Callable[[], Any]]) -> Callable[[
     return build()
 
 
-def torch_forwards(name, x):
-  """Blocking no_grad eval forwards of the PyTorch teacher, as built and without grouped convs."""
-  full, bare = TORCH_MODELS[name]().eval(), TORCH_MODELS[name]().eval()
+def torch_forwards(name, x, device: str = 'cpu'):
+  """Blocking no_grad eval forwards of the PyTorch teacher on `device`, as built and without
+  grouped convs."""
+  full, bare = (TORCH_MODELS[name]().eval().to(device) for _ in range(2))
   for parent in list(bare.modules()):
     for child_name, child in parent.named_children():
       if isinstance(child, torch.nn.Conv2d) and child.groups > 1:
         setattr(parent, child_name, torch.nn.Identity())
-  xt = torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
+  xt = torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))).to(device)
 
   def run(m):
     def f():
       with torch.no_grad():
         m(xt)
-    return f
+    return synced(f, device)
   return {'torch_inference': run(full), 'torch_without_depthwise': run(bare)}
 
 
@@ -95,10 +93,12 @@ def main(argv=None):
   p.add_argument('--reps', type=int, default=7)
   p.add_argument('--shift-cb-bands', type=lambda v: [int(n) for n in v.split(',')], default=[],
                  help="also time SLaK's merged_decom with shift_cb's long kernels in these many bands")
+  add_torch_device_arg(p)
   add_host_malloc_arg(p)
   a = p.parse_args(argv)
   host_malloc = apply_host_malloc(a.host_malloc)
   use_all_cores()
+  device = torch_device(a.torch_device)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((a.batch, a.size, a.size, 3)), jnp.float32)
   rows, notes = [], []
   for name in a.models.split(','):
@@ -120,7 +120,7 @@ def main(argv=None):
       fns[k] = build()
       compile_s[k] = round(time.perf_counter() - t0, 1)
     if torch is not None and name in TORCH_MODELS:
-      fns |= torch_forwards(name, x)
+      fns |= torch_forwards(name, x, device)
     times = time_interleaved(fns, a.reps)
     med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
     row = dict(model=name, batch=a.batch, size=a.size, reps=a.reps,
@@ -135,7 +135,7 @@ def main(argv=None):
     rows.append(row)
     print('#', row, file=sys.stderr, flush=True)
   emit(dict(benchmark='teacher_forward', **device_fields(), jax=jax.__version__,
-            torch=None if torch is None else torch.__version__, torch_note=TORCH_NOTE, notes=notes,
+            **torch_fields(device), notes=notes,
             depthwise_impl=dw.get_depthwise_impl(), host_malloc=host_malloc,
             units='ms per forward (median, and min)', cases=rows), a.out, a.json)
 
