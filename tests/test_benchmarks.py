@@ -87,10 +87,12 @@ def test_depthwise_script():
 
 
 def test_kd_step_script():
+  # The teacher in bfloat16, as `auto` runs it on a GPU or TPU.
   result = run_script('kd_step.py', '--pairs', 'slak_atto:resnet_atto', '--size', '32', '--batch', '2',
-                      '--reps', '1', '--peak-tflops', '1')
+                      '--reps', '1', '--peak-tflops', '1', '--teacher-dtype', 'bfloat16')
   assert_common(result, 'kd_step')
   assert result['teacher_form'] == 'merged_decom' and result['pairs_in'] == 'this process'
+  assert result['teacher_dtype'] == 'bfloat16'
   (row,) = result['cases']
   assert (row['teacher'], row['student'], row['batch'], row['size']) == ('slak_atto', 'resnet_atto', 2, 32)
   assert_times(row, ['jax_step_s', 'jax_teacher_fwd_s', 'jax_student_step_s', 'jax_images_per_s',
