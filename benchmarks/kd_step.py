@@ -31,7 +31,8 @@ The teacher computes in --teacher-dtype (default: bfloat16 where JAX runs on an 
 configs/slak_kd.py runs it, float32 on CPU) through lkd_jax.step.teacher_forward, and PyTorch's
 teacher under autocast to the same dtype; the students train in float32. On a GPU PyTorch runs on
 CUDA with TF32 matmuls and convolutions (JAX's default precision for float32 there), each of its
-calls synchronized before the clock reads.
+calls synchronized before the clock reads, and JAX's memory pool takes 45% of the card instead of 75%
+(XLA_PYTHON_CLIENT_MEM_FRACTION, unless either spelling is set) to leave PyTorch room.
 `gflop_per_image` counts dense FLOPs, KD step = 2*teacher + 6*student forward GMACs per image, each
 model's counted at --size by lkd_jax.models.macs as `python -m lkd_jax.models --list` does (at 224:
 SLaK-T 8.70, ConvNeXt-T 4.46, ResNet-50 4.09); with --peak-tflops (an accelerator's dense peak) MFU too.
@@ -63,8 +64,8 @@ from lkd_jax.models import registry  # noqa: E402
 from lkd_jax.models import slak  # noqa: E402
 from lkd_jax.step import teacher_forward  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, jit, medians, time_interleaved  # noqa: E402
-from torch_side import (add_torch_device_arg, synced, torch, torch_device, torch_fields,  # noqa: E402
-                        use_all_cores)
+from torch_side import (add_torch_device_arg, leave_gpu_memory_for_torch, synced, torch,  # noqa: E402
+                        torch_device, torch_fields, use_all_cores)
 
 if torch is not None:
   from torch import nn
@@ -284,6 +285,8 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   a = p.parse_args(argv)
   use_torch = torch is not None and not a.jax_only
+  if use_torch:
+    leave_gpu_memory_for_torch(a.torch_device)
   host_malloc = apply_host_malloc(a.host_malloc)
   if a.teacher_dtype == 'auto':
     a.teacher_dtype = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'

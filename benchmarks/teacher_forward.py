@@ -47,8 +47,8 @@ from lkd_jax.models.slak import merge_large_kernels  # noqa: E402
 from lkd_jax.models import layers  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, compiled_forward, time_interleaved  # noqa: E402
 
-from torch_side import (add_torch_device_arg, synced, torch, torch_device, torch_fields,  # noqa: E402
-                        use_all_cores)
+from torch_side import (add_torch_device_arg, leave_gpu_memory_for_torch, synced, torch,  # noqa: E402
+                        torch_device, torch_fields, use_all_cores)
 
 if torch is not None:
   from kd_step import TORCH_MODELS  # noqa: E402  (benchmarks/kd_step.py: the same PyTorch teachers)
@@ -96,6 +96,7 @@ def main(argv=None):
   add_torch_device_arg(p)
   add_host_malloc_arg(p)
   a = p.parse_args(argv)
+  leave_gpu_memory_for_torch(a.torch_device)
   host_malloc = apply_host_malloc(a.host_malloc)
   use_all_cores()
   device = torch_device(a.torch_device)

@@ -42,6 +42,16 @@ def torch_device(choice: str = 'auto') -> str | None:
   return choice
 
 
+def leave_gpu_memory_for_torch(choice: str = 'auto', fraction: float = 0.45) -> None:
+  """Caps JAX's GPU memory pool (75% of the card by default) so that PyTorch on CUDA in this process
+  gets the rest; call before JAX's first operation. A fraction the user set, in either spelling, stays
+  (setting both spellings is an error in JAX's CUDA plugin)."""
+  if torch is None or choice == 'cpu' or not torch.cuda.is_available():
+    return
+  if not {'XLA_PYTHON_CLIENT_MEM_FRACTION', 'XLA_CLIENT_MEM_FRACTION'} & set(os.environ):
+    os.environ['XLA_PYTHON_CLIENT_MEM_FRACTION'] = str(fraction)
+
+
 def synced(fn: Callable[..., Any], device: str) -> Callable[..., Any]:
   """`fn`, then a wait for the device's queue (CUDA kernels run asynchronously to the host)."""
   if not device.startswith('cuda'):

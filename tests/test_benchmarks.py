@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 from flax import nnx
@@ -17,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, 'benchmarks')
 sys.path.insert(0, BENCH)
 import table  # noqa: E402  (benchmarks/table.py)
+import torch_side  # noqa: E402  (benchmarks/torch_side.py)
 
 try:
   import torch
@@ -105,6 +107,26 @@ def test_kd_step_script():
   # The script's PyTorch models are the paper's sizes only: a tiny pair runs its JAX side alone.
   assert 'torch_step_s' not in row and 'ratio' not in row
   assert_torch_skipped(result, 'slak_atto:resnet_atto')
+
+
+@pytest.mark.parametrize('cuda, choice, preset, expected', [
+    (True, 'auto', {}, {'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.45'}),
+    (True, 'cuda:0', {}, {'XLA_PYTHON_CLIENT_MEM_FRACTION': '0.45'}),
+    (True, 'cpu', {}, {}),
+    (False, 'auto', {}, {}),
+    (True, 'auto', {'XLA_CLIENT_MEM_FRACTION': '.9'}, {'XLA_CLIENT_MEM_FRACTION': '.9'}),
+    (True, 'auto', {'XLA_PYTHON_CLIENT_MEM_FRACTION': '.3'}, {'XLA_PYTHON_CLIENT_MEM_FRACTION': '.3'}),
+])
+def test_jax_leaves_gpu_memory_for_torch(monkeypatch, cuda, choice, preset, expected):
+  names = ('XLA_PYTHON_CLIENT_MEM_FRACTION', 'XLA_CLIENT_MEM_FRACTION')
+  for name in names:
+    monkeypatch.delenv(name, raising=False)
+  for name, value in preset.items():
+    monkeypatch.setenv(name, value)
+  fake_torch = types.SimpleNamespace(cuda=types.SimpleNamespace(is_available=lambda: cuda))
+  monkeypatch.setattr(torch_side, 'torch', fake_torch)
+  torch_side.leave_gpu_memory_for_torch(choice)
+  assert {n: os.environ[n] for n in names if n in os.environ} == expected
 
 
 def test_kd_step_script_refuses_unknown_pairs_early():
