@@ -284,6 +284,18 @@ def main(argv=None):
   add_host_malloc_arg(p)
   argv = sys.argv[1:] if argv is None else argv
   a = p.parse_args(argv)
+  pairs = a.pairs.split(',')
+  known = set(registry.names()) | {'convnext_t'}
+  for pair in pairs:
+    bad = [m for m in pair.split(':') if m not in known]
+    if pair.count(':') != 1 or bad:
+      hint = f' (unknown: {", ".join(bad)}; `python -m lkd_jax.models --list` lists them)' if bad else ''
+      p.error(f'--pairs takes teacher:student pairs of registered models, got {pair!r}{hint}')
+  if len(pairs) > 1 and not a.same_process:
+    # Before anything starts a JAX backend here: on a GPU this process would hold its memory pool
+    # while the children run.
+    emit(_result_of_own_processes(argv, pairs), a.out, a.json)
+    return
   use_torch = torch is not None and not a.jax_only
   if use_torch:
     leave_gpu_memory_for_torch(a.torch_device)
@@ -293,23 +305,13 @@ def main(argv=None):
   a.torch_device = torch_device(a.torch_device) if use_torch else None
   conv.set_conv_impl(a.conv_impl)
   layers.set_layer_norm_impl(a.layer_norm_impl)
-  pairs = a.pairs.split(',')
-  known = set(registry.names()) | {'convnext_t'}
-  for pair in pairs:
-    bad = [m for m in pair.split(':') if m not in known]
-    if pair.count(':') != 1 or bad:
-      hint = f' (unknown: {", ".join(bad)}; `python -m lkd_jax.models --list` lists them)' if bad else ''
-      p.error(f'--pairs takes teacher:student pairs of registered models, got {pair!r}{hint}')
-  if len(pairs) > 1 and not a.same_process:
-    rows, notes = _pairs_in_own_processes(argv, pairs)
-  else:
-    rows, notes = _time_pairs(a, pairs, use_torch)
+  rows, notes = _time_pairs(a, pairs, use_torch)
   _emit_result(a, rows, notes, host_malloc)
 
 
-def _pairs_in_own_processes(argv: list[str], pairs: list[str]) -> tuple[list[dict], list[str]]:
-  """The rows and notes of this script run once per pair, each in a fresh process (the later
-  --pairs / --out given to it win over those in `argv`)."""
+def _result_of_own_processes(argv: list[str], pairs: list[str]) -> dict:
+  """The result of this script run once per pair, each in a fresh process (the later --pairs / --out
+  given to it win over those in `argv`): the first run's fields, every run's cases and notes."""
   rows, notes = [], []
   with tempfile.TemporaryDirectory() as tmp:
     for i, pair in enumerate(pairs):
@@ -318,9 +320,11 @@ def _pairs_in_own_processes(argv: list[str], pairs: list[str]) -> tuple[list[dic
                       '--same-process', '--out', out], check=True, stdout=subprocess.DEVNULL)
       with open(out) as f:
         result = json.load(f)
+      if i == 0:
+        first = result
       rows += result['cases']
       notes += [n for n in result['notes'] if n not in notes]
-  return rows, notes
+  return dict(first, pairs_in='a process each', notes=notes, summary=_summary(rows), cases=rows)
 
 
 def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool) -> tuple[list[dict], list[str]]:
@@ -390,18 +394,23 @@ def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool) -> tup
   return rows, notes
 
 
-def _emit_result(a: argparse.Namespace, rows: list[dict], notes: list[str], host_malloc: str) -> None:
-  """The result JSON of `rows` (with the SLaK-T / ConvNeXt-T forward ratios), as --out / --json ask."""
+def _summary(rows: list[dict]) -> dict[str, float]:
+  """SLaK-T forward / ConvNeXt-T forward on each side, where both teachers were timed."""
   summary = {}
   for side in ('jax', 'torch'):
     fw = {r['teacher']: r[f'{side}_teacher_fwd_s'] for r in rows if f'{side}_teacher_fwd_s' in r}
     cnx = fw.get('convnext_t', fw.get('convnext_t_bn'))
     if 'slak_t' in fw and cnx:
       summary[f'{side}_slak_t_fwd_over_convnext_t_fwd'] = round(fw['slak_t'] / cnx, 3)
+  return summary
+
+
+def _emit_result(a: argparse.Namespace, rows: list[dict], notes: list[str], host_malloc: str) -> None:
+  """The result JSON of `rows` timed in this process, as --out / --json ask."""
   out = dict(benchmark='kd_step', **device_fields(),
              jax=jax.__version__,
              **torch_fields(a.torch_device, 'torch side skipped: --jax-only' if a.jax_only else None),
-             pairs_in='this process' if a.same_process or len(rows) < 2 else 'a process each',
+             pairs_in='this process',
              torch_layout=a.torch_layout, teacher_dtype=a.teacher_dtype,
              teacher_form=a.teacher_form,
              torch_teacher_form=a.torch_teacher_form, depthwise_impl=dw.get_depthwise_impl(),
@@ -410,7 +419,7 @@ def _emit_result(a: argparse.Namespace, rows: list[dict], notes: list[str], host
              jax_step_note='equivalent fused step built in this script (teacher eval fwd under '
              'stop_gradient + student train fwd/bwd + KD loss + AdamW, one jax.jit, student donated)',
              loss='0.9*CE + 0.1*KL(T=3)*T^2', units='seconds per step (median)', notes=notes,
-             summary=summary, cases=rows)
+             summary=_summary(rows), cases=rows)
   emit(out, a.out, a.json)
 
 

@@ -129,6 +129,38 @@ def test_jax_leaves_gpu_memory_for_torch(monkeypatch, cuda, choice, preset, expe
   assert {n: os.environ[n] for n in names if n in os.environ} == expected
 
 
+def test_kd_step_pairs_in_own_processes(monkeypatch, capsys):
+  # The parent only gathers its children's results: a JAX backend started in it would hold a GPU
+  # memory pool while they run.
+  import kd_step  # noqa: E402  (benchmarks/kd_step.py)
+  commands = []
+
+  def child(cmd, **kwargs):
+    commands.append(cmd)
+    teacher, student = cmd[-4].split(':')
+    with open(cmd[-1], 'w') as f:
+      json.dump(dict(benchmark='kd_step', device=f'run {len(commands)}', pairs_in='this process',
+                     notes=['both', teacher], summary={},
+                     cases=[dict(teacher=teacher, student=student,
+                                 jax_teacher_fwd_s={'slak_t': 3.0, 'convnext_t': 2.0}[teacher])]), f)
+
+  def no_backend():
+    raise AssertionError('the parent process started a JAX backend')
+
+  monkeypatch.setattr(kd_step.subprocess, 'run', child)
+  monkeypatch.setattr(kd_step.jax, 'default_backend', no_backend)
+  monkeypatch.setattr(kd_step.jax, 'devices', no_backend)
+  kd_step.main(['--json', '--reps', '2', '--pairs', 'slak_t:resnet50,convnext_t:resnet50'])
+  result = json.loads(capsys.readouterr().out)
+  assert [c[-5:-1] for c in commands] == [['--pairs', 'slak_t:resnet50', '--same-process', '--out'],
+                                          ['--pairs', 'convnext_t:resnet50', '--same-process', '--out']]
+  assert all(c[2:6] == ['--json', '--reps', '2', '--pairs'] for c in commands)
+  assert result['device'] == 'run 1' and result['pairs_in'] == 'a process each'
+  assert result['notes'] == ['both', 'slak_t', 'convnext_t']
+  assert [c['teacher'] for c in result['cases']] == ['slak_t', 'convnext_t']
+  assert result['summary'] == {'jax_slak_t_fwd_over_convnext_t_fwd': 1.5}
+
+
 def test_kd_step_script_refuses_unknown_pairs_early():
   proc = launch('kd_step.py', '--pairs', 'slak_t:resnet5,slak_t:resnet50')
   assert proc.returncode == 2
