@@ -285,7 +285,7 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   a = p.parse_args(argv)
   pairs = a.pairs.split(',')
-  known = set(registry.names()) | {'convnext_t'}
+  known = set(registry.names())
   for pair in pairs:
     bad = [m for m in pair.split(':') if m not in known]
     if pair.count(':') != 1 or bad:
@@ -330,7 +330,6 @@ def _result_of_own_processes(argv: list[str], pairs: list[str]) -> dict:
 def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool) -> tuple[list[dict], list[str]]:
   """One result row per teacher:student pair, all timed in this process; and notes."""
   use_all_cores()
-  names = set(registry.names())
   rng = np.random.default_rng(0)
   xn = rng.standard_normal((a.batch, a.size, a.size, 3), dtype=np.float32)
   ln = rng.integers(0, NUM_CLASSES, a.batch)
@@ -343,9 +342,6 @@ def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool) -> tup
   rows, notes = [], []
   for pair in pairs:
     tname, sname = pair.split(':')
-    if tname not in names and tname == 'convnext_t':
-      notes.append('convnext_t not registered: used convnext_t_bn (SLaK-code ConvNeXt, 7x7 + BN)')
-      tname = 'convnext_t_bn'
     pair_torch = use_torch and tname in TORCH_MODELS and sname in TORCH_MODELS
     if use_torch and not pair_torch:
       notes.append(f'torch side skipped for {tname}:{sname}: no PyTorch equivalent in this script '
