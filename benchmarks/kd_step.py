@@ -223,6 +223,11 @@ if torch is not None:
   TORCH_MODELS = {'slak_t': lambda form='branches': ConvNeXtLike(True, form), 'convnext_t': lambda: ConvNeXtLike(False),
                   'convnext_t_bn': lambda: ConvNeXtLike(False), 'resnet50': ResNet50}
 
+  def no_torch_model_note(what: str) -> str:
+    """A result note: `what` runs its JAX side alone, TORCH_MODELS lacking an equivalent."""
+    return (f'torch side skipped for {what}: no PyTorch equivalent in benchmarks/kd_step.py '
+            f'(it has {", ".join(TORCH_MODELS)})')
+
 
 def build_torch(teacher_name, student_name, channels_last, teacher_form='branches', device='cpu',
                 teacher_dtype='float32'):
@@ -344,8 +349,7 @@ def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool) -> tup
     tname, sname = pair.split(':')
     pair_torch = use_torch and tname in TORCH_MODELS and sname in TORCH_MODELS
     if use_torch and not pair_torch:
-      notes.append(f'torch side skipped for {tname}:{sname}: no PyTorch equivalent in this script '
-                   f'(it has {", ".join(TORCH_MODELS)})')
+      notes.append(no_torch_model_note(pair))
     t0 = time.perf_counter()
     j_step, j_tfwd, j_student = build_jax(tname, sname, a.teacher_form, a.teacher_dtype)
     j_step(x, labels)

@@ -51,7 +51,7 @@ from torch_side import (add_torch_device_arg, leave_gpu_memory_for_torch, synced
                         torch_device, torch_fields, use_all_cores)
 
 if torch is not None:
-  from kd_step import TORCH_MODELS  # noqa: E402  (benchmarks/kd_step.py: the same PyTorch teachers)
+  from kd_step import TORCH_MODELS, no_torch_model_note  # noqa: E402  (benchmarks/kd_step.py: the same PyTorch teachers)
 
 
 def without_depthwise(model, x):
@@ -105,8 +105,7 @@ def main(argv=None):
   for name in a.models.split(','):
     model = registry.create(name, num_classes=1000, seed=0)
     if torch is not None and name not in TORCH_MODELS:
-      notes.append(f'torch side skipped for {name}: no PyTorch equivalent in benchmarks/kd_step.py '
-                   f'(it has {", ".join(TORCH_MODELS)})')
+      notes.append(no_torch_model_note(name))
     builds = {'training_forms': functools.partial(compiled_forward, model, x, True),
               'inference': functools.partial(compiled_forward, model, x)}
     if name.startswith('slak'):
