@@ -11,10 +11,12 @@ from typing import Callable, Iterator, NamedTuple
 import jax
 import ml_collections
 
+from lkd_jax.errors import SetupError
+
 Batch = dict
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(SetupError, FileNotFoundError):
   """The configured dataset is not prepared where it was looked for; the message says how to prepare it."""
 
 
