@@ -1,8 +1,9 @@
 """CLI: python -m lkd_jax.convert --model slak_t --src ckpt.pth --dst DIR [--num_classes 1000] [--key model]
 
-Reads an official PyTorch checkpoint (.pth needs torch; .npz/.safetensors do not), converts it by rule,
-refuses with one error listing every missing/unexpected key and shape mismatch, and writes DIR with
-variables.npz + model.json, which `lkd_jax.convert.load_teacher(DIR, model, num_classes)` reads back.
+Reads an official PyTorch checkpoint (.pth, read without torch and never running code from it; or .npz,
+.safetensors), converts it by rule, refuses with one error listing every missing/unexpected key and shape
+mismatch, and writes DIR with variables.npz + model.json, which
+`lkd_jax.convert.load_teacher(DIR, model, num_classes)` reads back.
 """
 from __future__ import annotations
 
@@ -22,11 +23,9 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('--dst', required=True, help='output directory')
   p.add_argument('--num_classes', type=int, default=1000)
   p.add_argument('--key', default=None, help=f'container entry; default: first of {CONTAINER_KEYS} present')
-  p.add_argument('--allow_pickle', action='store_true',
-                 help='let torch.load unpickle arbitrary objects (only for files you trust)')
   a = p.parse_args(argv)
   try:
-    model = load_teacher(a.src, a.model, a.num_classes, key=a.key, allow_pickle=a.allow_pickle)
+    model = load_teacher(a.src, a.model, a.num_classes, key=a.key)
   except ConversionError as e:
     print(f'error: {a.src} does not convert to {a.model}:\n{e}', file=sys.stderr)
     return 1

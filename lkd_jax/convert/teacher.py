@@ -53,7 +53,7 @@ def _load_dir(model: nnx.Module, src: Path, model_name: str) -> nnx.Module:
 
 
 def load_teacher(path: str, model_name: str, num_classes: int, *, inference_form: str = 'branches',
-                 key: str | None = None, allow_pickle: bool = False, **model_kw: Any) -> nnx.Module:
+                 key: str | None = None, **model_kw: Any) -> nnx.Module:
   """Builds `model_name` and loads a .pth/.npz/.safetensors checkpoint or a CLI output directory.
 
   `inference_form='merged'` / `'merged_decom'` (SLaK family only) folds each large-kernel unit's
@@ -71,5 +71,5 @@ def load_teacher(path: str, model_name: str, num_classes: int, *, inference_form
   if src.is_dir():
     model = _load_dir(model, src, model_name)
   else:
-    model = convert_into(model, unwrap(read_checkpoint(src, allow_pickle=allow_pickle), key))
+    model = convert_into(model, unwrap(read_checkpoint(src), key))
   return merge_large_kernels(model, inference_form)
