@@ -35,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
   """One run: model, optional teacher + method, data, optimizer, schedule, logging, checkpoints."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.num_classes = 1000
+  c.num_classes = 1000          # 0 = the dataset's (tfds: lkd_jax/data/tfds_pipeline.py resolve).
   c.method = 'ce'
   c.batch_size = 128
   c.eval_batch_size = 256
@@ -74,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
       data_dir='',            # '' = TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets)
       mock=0,                 # N > 0: N random tfds.testing.mock_data examples per split (smoke)
       train_split='train',
-      eval_split='validation',  # ImageNet val; a folder dataset names its own ('val', ...)
+      eval_split='',          # '' = the dataset's own (validation/val/test: tfds_pipeline.py)
       shuffle_buffer=16384,   # raw records per process (~1.8 GB of ImageNet JPEGs): bounded RAM
       cache_eval=False,       # keep the preprocessed eval share in RAM (ImageNet: 7.5 GB/processes)
       threads=0,              # tf.data private threadpool; 0 = usable CPU cores (big_vision: 48)

@@ -4,6 +4,11 @@
       --config configs/slak_kd.py:teacher=slak_t,student=convnext_t_bn,method=nkd_lkkd,epochs=300,teacher_ckpt=ckpt/SLaK_tiny_checkpoint.pth
     python -m lkd_jax.main --workdir runs/slakt_r50_kd \\
       --config configs/slak_kd.py:teacher=slak_t,student=resnet50,method=kd,epochs=120,teacher_ckpt=ckpt/slak_t
+    python -m lkd_jax.main --workdir runs/folder_r50_ce \\
+      --config configs/slak_kd.py:dataset=folder:/data/imagenet100,student=resnet50,method=ce,epochs=100
+A folder dataset (ROOT/{train,val}/<class>/*.JPEG) needs no split or class-count arguments: the eval
+split is its only val/validation/test folder and num_classes its number of class folders. A
+distillation run on it needs a teacher with that many classes.
 
 Expected results (the paper's reported numbers, ImageNet-1K val top-1 at 224 px; SLaK README):
 SLaK-T (82.5) -> ConvNeXt-T (+BN) with NKD for 300 epochs: 83.1; SLaK-S (83.8) -> ConvNeXt-S with
@@ -32,7 +37,13 @@ Arguments (after the path, `k=v,k=v`):
                 unit; branches: the reference's three conv+BN branches, the only form for others)
   eff_batch     effective batch (0: the paper's for the student); batch: per-step global batch
                 (0: = eff_batch); eff_batch / batch gradient-accumulation steps
-  dataset, data_dir, image_size; mock > 0: that many tfds.testing.mock_data examples (tests)
+  dataset       a TFDS name (imagenet2012, cifar100, name/config:version) prepared in data_dir, or
+                folder:ROOT for images in ROOT/<split>/<class>/*.jpg; data_dir ('' = TFDS default)
+  eval_split    '' (default) = the dataset's own: TFDS 'validation' if it has one, else its only split
+                named val, validation or test (several or none: an error listing them); or a name
+  num_classes   0 (default) = the dataset's class count (imagenet2012 1000, a folder its class
+                folders); N: checked against the dataset's
+  image_size; mock > 0: that many tfds.testing.mock_data examples (tests)
 """
 import ml_collections
 
@@ -58,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       arg, teacher='slak_t', student='resnet50', method='nkd_lkkd', epochs=120.0, steps=0,
       teacher_ckpt='', teacher_form='', teacher_dtype='bfloat16', eff_batch=0, batch=0,
       lr=4e-3, warmup_epochs=20.0, drop_path=-1.0, ema=0.9999, seed=0, dataset='imagenet2012',
-      data_dir='', image_size=224, mock=0, eval_every_epochs=1.0)
+      data_dir='', eval_split='', num_classes=0, image_size=224, mock=0, eval_every_epochs=1.0)
   recipe = _student_recipe(a.student)
   eff_batch = a.eff_batch or recipe['eff_batch']
   batch = a.batch or eff_batch
@@ -67,7 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      '(gradient accumulation takes whole steps).')
   c = common.base_config()
   c.seed = a.seed
-  c.num_classes = 1000
+  c.num_classes = a.num_classes
   c.method = a.method
   c.batch_size = batch
   c.eval_batch_size = min(batch, 1024)
@@ -85,7 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                        'merged_decom' if a.teacher.startswith('slak') else 'branches'))
   c.optim.update(lr=a.lr, min_lr=1e-6, warmup_epochs=a.warmup_epochs, weight_decay=0.05,
                  grad_clip=0.0, grad_accum_steps=eff_batch // batch)
-  c.data.update(source='tfds', name=a.dataset, data_dir=a.data_dir, image_size=a.image_size,
-                mock=a.mock)
+  c.data.update(source='tfds', name=a.dataset, data_dir=a.data_dir, eval_split=a.eval_split,
+                image_size=a.image_size, mock=a.mock)
   c.kd_alpha, c.kd_temperature = 0.1, 3.0
   return c

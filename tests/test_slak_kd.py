@@ -1,10 +1,12 @@
-"""configs/slak_kd.py: the paper's recipe, the missing-ImageNet error, and a 2-step mock run from the CLI."""
+"""configs/slak_kd.py: recipe, argument errors, and 2-step CLI runs (mock ImageNet, an image folder)."""
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from configs import slak_kd
 from lkd_jax import models
@@ -32,6 +34,16 @@ def test_recipe_per_student_and_argument_errors():
   assert slak_kd.get_config('teacher_form=merged').teacher.inference_form == 'merged'
   with pytest.raises(ValueError, match='multiple of batch'):
     slak_kd.get_config('eff_batch=1000,batch=300')
+
+
+def test_eval_split_and_num_classes_default_to_the_datasets():
+  c = slak_kd.get_config('dataset=folder:/data/imagenet100')
+  assert (c.data.name, c.data.eval_split, c.num_classes) == ('folder:/data/imagenet100', '', 0)
+  c = slak_kd.get_config('dataset=folder:/data/x,eval_split=test,num_classes=100')
+  assert (c.data.eval_split, c.num_classes) == ('test', 100)
+  for arg in ('eval_split', 'num_classes'):
+    assert f'\n  {arg} ' in slak_kd.__doc__  # listed in the docstring's arguments.
+  assert 'dataset=folder:' in slak_kd.__doc__
 
 
 def _main(config_arg: str, workdir: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -63,3 +75,35 @@ def test_main_two_steps_on_mock_imagenet_with_tiny_models(tmp_path):
   cfg = json.loads((workdir / 'config.json').read_text())
   assert cfg['optim']['grad_accum_steps'] == 2 and cfg['data']['mock'] == 16
   assert os.listdir(workdir / 'checkpoints')
+
+
+def _image_folder(root, splits: tuple[str, ...], classes=('cat', 'dog', 'emu'), n: int = 2) -> str:
+  """root/<split>/<class>/<k>.JPEG: n small random JPEGs (PIL) per class; returns 'folder:root'."""
+  rng = np.random.default_rng(0)
+  for split in splits:
+    for cls in classes:
+      os.makedirs(root / split / cls)
+      for k in range(n):
+        pixels = rng.integers(0, 256, (int(rng.integers(20, 48)), 40, 3), np.uint8)
+        Image.fromarray(pixels).save(root / split / cls / f'{k}.JPEG', quality=90)
+  return f'folder:{root}'
+
+
+def test_main_on_an_image_folder_takes_eval_split_and_num_classes_from_it(tmp_path):
+  dataset = _image_folder(tmp_path / 'data', ('train', 'val'))
+  workdir = tmp_path / 'run'
+  out = _main(f'dataset={dataset},student=resnet_atto,method=ce,steps=2,eff_batch=6,image_size=32',
+              str(workdir))
+  assert out.returncode == 0, out.stderr[-3000:]
+  cfg = json.loads((workdir / 'config.json').read_text())
+  assert (cfg['data']['eval_split'], cfg['num_classes']) == ('val', 3)  # resolved, as run.
+  assert json.loads((workdir / 'final_metrics.json').read_text())['count'] == 6
+
+
+def test_main_on_an_ambiguous_image_folder_names_its_eval_splits_in_one_line(tmp_path):
+  dataset = _image_folder(tmp_path / 'data', ('train', 'val', 'test'), n=1)
+  workdir = tmp_path / 'run'
+  out = _main(f'dataset={dataset},student=resnet_atto,method=ce,steps=2,eff_batch=6', str(workdir))
+  assert out.returncode != 0 and 'Traceback' not in out.stderr
+  assert 'several eval splits (val, test)' in out.stderr and 'eval_split=NAME' in out.stderr
+  assert not workdir.exists()

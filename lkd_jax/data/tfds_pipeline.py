@@ -6,8 +6,8 @@ Sources (cfg.data.name):
     ('' = TFDS default: $TFDS_DATA_DIR or ~/tensorflow_datasets). Nothing is ever downloaded here: a
     dataset that is not prepared raises DatasetNotFoundError saying how to prepare it.
   - 'folder:ROOT': images in ROOT/<split>/<class>/*.{jpg,jpeg,png} read by
-    tfds.folder_dataset.ImageFolder; classes are the sorted class folder names, splits the split
-    folder names (set eval_split='val' or whatever the folder holds).
+    tfds.folder_dataset.ImageFolder; classes are the sorted class folder names (over all splits),
+    splits the folders of ROOT that hold class folders.
   - cfg.data.mock = N > 0: N random examples per split from tfds.testing.mock_data (random 5-49 px
     images; smoke tests, no files needed).
 
@@ -21,6 +21,12 @@ resumed run then sees exactly the batches an uninterrupted run sees (bitwise: tf
 deterministic here), as with the synthetic data. Costs: at resume, reading (not decoding) at most
 one epoch's share of records; at each epoch start, refilling the shuffle buffer (one pass per
 epoch instead of .repeat(), whose fused shuffle-and-repeat keeps the buffer but cannot be resumed).
+
+Splits and classes (resolve(), also applied by build()). data.eval_split '' means the dataset's
+eval split: a TFDS dataset's 'validation' if it has one (imagenet2012's 'test' has no labels), else
+its only split named val, validation or test; a folder's only such split. A missing split, or
+several (or no) candidates for '', raise a SetupError that lists the splits. num_classes 0 means
+the dataset's class count; another count that differs from the dataset's raises a SetupError.
 
 Eval: this process's share of the eval split in file order, zero-padded with mask=False up to
 ceil(ceil(n / process_count) / local_batch) full batches, so every process runs the same number of
@@ -38,9 +44,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from lkd_jax.data import Batch, Dataset, DatasetNotFoundError, augment
+from lkd_jax.errors import SetupError
 
 FOLDER_PREFIX = 'folder:'
 AUTOTUNE = tf.data.AUTOTUNE
+EVAL_SPLITS = ('validation', 'val', 'test')  # the names an unset data.eval_split looks for
 
 
 class Process(NamedTuple):
@@ -53,6 +61,13 @@ class Source(NamedTuple):
   builder: tfds.core.DatasetBuilder
   subsplits: bool  # False (ImageFolder, mock_data): read the whole split, then take + shard.
   mock: int = 0
+
+
+class DatasetSpec(NamedTuple):
+  """What the config must agree with, read from the dataset's metadata before any pipeline."""
+  splits: tuple[str, ...]  # () for mock_data, which generates any split asked for
+  num_classes: int
+  eval_split: str          # data.eval_split, or the split that '' resolves to
 
 
 def hide_accelerators_from_tf() -> None:
@@ -72,14 +87,34 @@ def build(cfg: ml_collections.ConfigDict, *, process_index: int | None = None,
     import jax
     process_index, process_count = jax.process_index(), jax.process_count()
   proc = Process(process_index, process_count)
+  spec = dataset_spec(source, cfg.data)
   num_train = split_size(source, cfg.data.train_split, cfg.data.num_train)
   plan = train_plan(num_train, cfg.batch_size, proc)
-  eval_ds = eval_dataset(source, cfg, proc)
+  eval_ds = eval_dataset(source, cfg, proc, spec.eval_split)
   return Dataset(
       train=lambda start_step: train_batches(source, cfg, proc, plan, start_step),
-      eval=eval_ds.as_numpy_iterator,
-      num_classes=source.builder.info.features['label'].num_classes,
+      eval=eval_ds.as_numpy_iterator, num_classes=spec.num_classes,
       num_train=num_train, image_size=cfg.data.image_size)
+
+
+def resolve(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of cfg with eval_split '' and num_classes 0 taken from the dataset; mismatches raise."""
+  hide_accelerators_from_tf()
+  spec = dataset_spec(open_source(cfg.data), cfg.data)
+  out = cfg.copy_and_resolve_references()
+  out.data.eval_split = spec.eval_split
+  out.num_classes = resolve_num_classes(cfg.num_classes, spec.num_classes, cfg.data.name)
+  return out
+
+
+def resolve_num_classes(configured: int, dataset: int, name: str) -> int:
+  """configured, or the dataset's count when configured is 0; a different count raises."""
+  if configured in (0, dataset):
+    return dataset
+  raise SetupError(
+      f'num_classes={configured} but dataset {name!r} has {dataset} classes: set num_classes=0 '
+      f'(a configs/slak_kd.py argument, or --config.num_classes=0) to take the dataset\'s count, '
+      f'or num_classes={dataset}.')
 
 
 # ---------------------------------------------------------------------------------------- sources
@@ -107,6 +142,61 @@ def open_source(d: ml_collections.ConfigDict) -> Source:
   if not builder.is_prepared():
     raise DatasetNotFoundError(_how_to_prepare(builder, name))
   return Source(builder, subsplits=True)
+
+
+def dataset_spec(source: Source, d: ml_collections.ConfigDict) -> DatasetSpec:
+  """Checks d's splits against the source's, resolves eval_split '' and reads the class count."""
+  splits = tuple(source.builder.info.splits.keys())
+  keys = ('train_split', 'eval_split') if d.eval_split else ('train_split',)
+  for key in keys:
+    if not has_split(source, d[key], splits):
+      raise DatasetNotFoundError(
+          f'data.{key}={d[key]!r} is not a split of dataset {d.name!r}; its splits: '
+          f'{_listed(splits, d.name)}. Choose one with {_how_to_set(key)}.')
+  return DatasetSpec(splits, source.builder.info.features['label'].num_classes,
+                     d.eval_split or default_eval_split(splits, d))
+
+
+def has_split(source: Source, split: str, splits: tuple[str, ...]) -> bool:
+  """Whether the source can read split (TFDS: also specs like 'train[:90%]'; mock_data: any)."""
+  if source.mock:
+    return True
+  if not source.subsplits:
+    return split in splits
+  try:
+    source.builder.info.splits[split]
+  except (KeyError, ValueError):
+    return False
+  return True
+
+
+def default_eval_split(splits: tuple[str, ...], d: ml_collections.ConfigDict) -> str:
+  """The eval split an unset data.eval_split means; SetupError when the splits leave it open."""
+  if not splits:  # mock_data generates any split: ImageNet's name.
+    return 'validation'
+  found = [s for s in EVAL_SPLITS if s in splits and s != d.train_split]
+  if 'validation' in found and not d.name.startswith(FOLDER_PREFIX):
+    return 'validation'
+  if len(found) == 1:
+    return found[0]
+  listed = _listed(splits, d.name)
+  problem = (f'has several eval splits ({", ".join(found)})' if found else
+             f'has no split named {" or ".join(EVAL_SPLITS)} (its splits: {listed})')
+  raise SetupError(f'data.eval_split is unset and dataset {d.name!r} {problem}. Choose one with '
+                   f'{_how_to_set("eval_split")}.')
+
+
+def _listed(splits: tuple[str, ...], name: str) -> str:
+  if splits:
+    return ', '.join(splits)
+  if name.startswith(FOLDER_PREFIX):
+    return 'none (a split is a folder ROOT/<split> that holds class folders <class>/*.jpg)'
+  return 'none'
+
+
+def _how_to_set(key: str) -> str:
+  flag = f'--config.data.{key}=NAME'
+  return f'{key}=NAME (a configs/slak_kd.py argument) or {flag}' if key == 'eval_split' else flag
 
 
 def _how_to_prepare(builder: tfds.core.DatasetBuilder, name: str) -> str:
@@ -246,13 +336,14 @@ def eval_map_fn(d: ml_collections.ConfigDict) -> Callable:
                      'mask': True}
 
 
-def eval_dataset(source: Source, cfg: ml_collections.ConfigDict, proc: Process) -> tf.data.Dataset:
-  """One padded, masked pass over this process's eval share, as many batches on every process."""
+def eval_dataset(source: Source, cfg: ml_collections.ConfigDict, proc: Process, split: str
+                 ) -> tf.data.Dataset:
+  """One padded, masked pass over this process's share of split, as many batches per process."""
   d = cfg.data
   local = local_batch_size(cfg.eval_batch_size, proc, 'eval_batch_size')
-  n = split_size(source, d.eval_split, d.num_eval)
+  n = split_size(source, split, d.num_eval)
   steps = -(-(-(-n // proc.count)) // local)
-  ds = read(source, d.eval_split, d.num_eval, proc).map(eval_map_fn(d), num_parallel_calls=AUTOTUNE)
+  ds = read(source, split, d.num_eval, proc).map(eval_map_fn(d), num_parallel_calls=AUTOTUNE)
   if d.cache_eval:
     ds = ds.cache()
   pad = tf.data.Dataset.from_tensors({'image': tf.zeros([d.image_size, d.image_size, 3], tf.uint8),

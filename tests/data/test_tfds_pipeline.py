@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 from configs import common
 from lkd_jax import data as data_lib
 from lkd_jax.data import tfds_pipeline as tp
+from lkd_jax.errors import SetupError
 
 NUM_TRAIN, NUM_EVAL, SIZE = 24, 10, 32
 
@@ -36,9 +37,9 @@ def data_dir(tmp_path_factory):
   return root
 
 
-def _cfg(data_dir='', batch=8, eval_batch=8, seed=0, **data):
+def _cfg(data_dir='', batch=8, eval_batch=8, seed=0, num_classes=0, **data):
   c = common.base_config()
-  c.seed, c.batch_size, c.eval_batch_size = seed, batch, eval_batch
+  c.seed, c.batch_size, c.eval_batch_size, c.num_classes = seed, batch, eval_batch, num_classes
   c.data.update(name='lkd_tiny_ids', data_dir=data_dir, image_size=SIZE, shuffle_buffer=64,
                 threads=2)
   c.data.update(data)
@@ -135,14 +136,19 @@ def test_missing_dataset_names_the_data_dir_and_how_to_prepare_it(tmp_path):
     tp.build(_cfg(name=f'folder:{tmp_path}/none'), process_index=0, process_count=1)
 
 
-def test_image_folder(tmp_path):
+def _image_folder(root, splits=(('train', 4), ('val', 3)), classes=('cat', 'dog', 'emu')) -> str:
+  """root/<split>/<class>/<k>.jpg with n small random JPEGs per class; returns 'folder:root'."""
   rng = np.random.default_rng(1)
-  for split, n in (('train', 4), ('val', 3)):
-    for cls in ('cat', 'dog', 'emu'):
-      os.makedirs(tmp_path / split / cls)
+  for split, n in splits:
+    for cls in classes:
+      os.makedirs(root / split / cls)
       for k, jpeg in enumerate(_jpegs(rng, n)):
-        (tmp_path / split / cls / f'{k}.jpg').write_bytes(jpeg)
-  cfg = _cfg(name=f'folder:{tmp_path}', eval_split='val', batch=4, eval_batch=4, randaugment='')
+        (root / split / cls / f'{k}.jpg').write_bytes(jpeg)
+  return f'folder:{root}'
+
+
+def test_image_folder(tmp_path):
+  cfg = _cfg(name=_image_folder(tmp_path), eval_split='val', batch=4, eval_batch=4, randaugment='')
   ds = tp.build(cfg, process_index=0, process_count=2)
   assert (ds.num_classes, ds.num_train) == (3, 12)
   b = next(ds.train(0))
@@ -150,6 +156,68 @@ def test_image_folder(tmp_path):
   masks = [np.concatenate([e['mask'] for e in tp.build(cfg, process_index=i,
                                                        process_count=2).eval()]) for i in range(2)]
   assert [len(m) for m in masks] == [6, 6] and sum(m.sum() for m in masks) == 9
+
+
+def test_folder_eval_split_and_num_classes_come_from_the_folder(tmp_path):
+  cfg = _cfg(name=_image_folder(tmp_path), batch=4, eval_batch=4, randaugment='')
+  assert (cfg.data.eval_split, cfg.num_classes) == ('', 0)  # '' is the default: the dataset's own.
+  resolved = tp.resolve(cfg)
+  assert (resolved.data.eval_split, resolved.num_classes) == ('val', 3)
+  assert (cfg.data.eval_split, cfg.num_classes) == ('', 0)  # a copy: cfg itself is unchanged.
+  ds = tp.build(cfg, process_index=0, process_count=1)  # build resolves '' the same way.
+  assert ds.num_classes == 3 and sum(e['mask'].sum() for e in ds.eval()) == 9
+  cfg.num_classes = 3
+  assert tp.resolve(cfg).num_classes == 3
+  cfg.num_classes = 1000
+  with pytest.raises(SetupError, match=r"num_classes=1000 but dataset 'folder:.*' has 3 classes.*"
+                                       r'num_classes=0'):
+    tp.resolve(cfg)
+
+
+def test_folder_with_val_and_test_is_ambiguous_until_eval_split_names_one(tmp_path):
+  cfg = _cfg(name=_image_folder(tmp_path, splits=(('train', 2), ('val', 1), ('test', 1))))
+  with pytest.raises(SetupError) as e:
+    tp.resolve(cfg)
+  assert 'several eval splits (val, test)' in str(e.value)
+  assert 'eval_split=NAME' in str(e.value) and '--config.data.eval_split=NAME' in str(e.value)
+  assert '\n' not in str(e.value)
+  cfg.data.eval_split = 'test'
+  assert tp.resolve(cfg).data.eval_split == 'test'
+
+
+def test_folder_without_an_eval_split_lists_its_splits(tmp_path):
+  cfg = _cfg(name=_image_folder(tmp_path, splits=(('train', 2), ('holdout', 1))))
+  with pytest.raises(SetupError, match=r'no split named validation or val or test \(its splits: '
+                                       r'holdout, train\).*eval_split=NAME'):
+    tp.resolve(cfg)
+  cfg.data.eval_split = 'holdout'
+  assert tp.resolve(cfg).data.eval_split == 'holdout'
+
+
+def test_a_split_that_does_not_exist_names_the_splits_that_do(tmp_path, data_dir):
+  folder = _cfg(name=_image_folder(tmp_path), eval_split='validation')
+  tiny = _cfg(data_dir, eval_split='val')
+  for cfg, splits in ((folder, 'train, val'), (tiny, 'train, validation')):
+    for build in (tp.resolve, lambda c: tp.build(c, process_index=0, process_count=1)):
+      with pytest.raises(data_lib.DatasetNotFoundError) as e:
+        build(cfg)
+      msg = str(e.value)
+      assert f"data.eval_split={cfg.data.eval_split!r} is not a split of dataset" in msg
+      assert sorted(msg.split('its splits: ')[1].split('.')[0].split(', ')) == splits.split(', ')
+      assert '--config.data.eval_split=NAME' in msg and isinstance(e.value, SetupError)
+  tiny.data.update(eval_split='', train_split='training')
+  with pytest.raises(SetupError, match="data.train_split='training' is not a split.*"
+                                       '--config.data.train_split=NAME'):
+    tp.resolve(tiny)
+  tiny.data.update(train_split='train[:50%]', eval_split='validation[:4]')  # TFDS split specs.
+  assert tp.resolve(tiny).data.eval_split == 'validation[:4]'
+
+
+def test_tfds_eval_split_defaults_to_validation_and_num_classes_to_the_dataset(data_dir):
+  resolved = tp.resolve(_cfg(data_dir))
+  assert (resolved.data.eval_split, resolved.num_classes) == ('validation', NUM_TRAIN)
+  mock = _cfg(name='imagenet2012', mock=2)
+  assert (tp.resolve(mock).data.eval_split, tp.resolve(mock).num_classes) == ('validation', 1000)
 
 
 def test_mock_imagenet2012_tiny_random_images_are_resized():
