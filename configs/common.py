@@ -53,7 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.ema_decay = 0.0            # > 0 keeps an EMA of the student (paper: 0.9999) and evaluates it too.
   c.model = ml_collections.ConfigDict({'name': 'resnet50', 'kwargs': {}})
   c.teacher = ml_collections.ConfigDict(
-      {'name': '', 'checkpoint': '', 'dtype': 'float32', 'kwargs': {},
+      {'name': '', 'dtype': 'float32', 'kwargs': {},
+       # An lkd_jax run dir (finished, unless allow_partial), a converted dir or a .pth/.npz/
+       # .safetensors file; in a job, 'stage:teacher' is the job's own teacher stage.
+       'checkpoint': '', 'allow_partial': False,
        # SLaK teachers (lkd_jax/models/slak.py INFERENCE_FORMS): 'branches' (the reference's), 'merged'
        # (one BN-folded KxK kernel + bias per unit), 'merged_decom' (BN-folded KxN + NxK kernels + bias).
        'inference_form': 'branches'})

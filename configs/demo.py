@@ -27,6 +27,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                        teacher_num_train=4096,
                        nkd_gamma=1.5, fd_weight=1.0, fd_stages='stage4', dkd_warmup_steps=0,
                        teacher_depthwise='auto')
+  for key in ('steps', 'teacher_steps', 'batch', 'num_train', 'teacher_num_train'):
+    if a[key] <= 0:
+      raise ValueError(f'Config argument {key}={a[key]} must be positive.')
   c = common.base_config()
   c.seed = a.seed
   c.num_classes = 10

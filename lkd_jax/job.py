@@ -1,69 +1,81 @@
 """A job chains runs: train the teacher, the baseline student (CE) and the distilled student, then report."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import jax
 import ml_collections
 from absl import logging
-from etils import epath
 
-from lkd_jax import environment, report, train
+from lkd_jax import environment, lock, report, rundir, train
+from lkd_jax.errors import SetupError
+from lkd_jax.teacher import STAGE_PREFIX
+
+REPORT_FILES = ('report.json', 'report.md')
 
 
-def stage_config(config: ml_collections.ConfigDict, stage: str, workdir: str
-                 ) -> ml_collections.ConfigDict:
-  """The run config of one stage: the job config minus job keys, plus the stage's overrides."""
+def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
+  """The run config of one stage: the job config minus job keys, plus the stage's overrides.
+
+  The distilled stage's teacher defaults to the job's own teacher stage (`stage:teacher`), a
+  reference resolved against the workdir, so that a moved workdir stays valid.
+  """
   cfg = ml_collections.ConfigDict(config.to_dict())
   overrides = cfg.stage_overrides[stage].to_dict()
   del cfg['stages'], cfg['stage_overrides']
-  cfg.update_from_flattened_dict(_flatten(overrides))
+  cfg.update_from_flattened_dict(rundir.flatten(overrides))
   if stage == 'distilled' and not cfg.teacher.checkpoint:
-    cfg.teacher.checkpoint = os.path.join(workdir, 'teacher')
+    cfg.teacher.checkpoint = f'{STAGE_PREFIX}teacher'
   return cfg
 
 
-def _flatten(d: dict[str, Any], prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
+def plan(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict[str, Any], list[str]]:
+  """Every stage's config, validated, and the stages whose record belongs to another config.
 
-
-def finished_result(cfg: ml_collections.ConfigDict, stage_dir: str) -> dict[str, Any] | None:
-  """The final metrics of a stage that already ran to its end with this very config, else None."""
-  path = epath.Path(stage_dir) / 'final_metrics.json'
-  if not path.exists():
-    return None
-  result = json.loads(path.read_text())
-  if result.get('config_digest') != train.config_digest(cfg):
-    return None
-  logging.info('Stage in %s already finished with this config: reading %s.', stage_dir, path)
-  return result
-
-
-def run_job(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs each stage in workdir/<stage> (a finished one is read back, a partial one resumed), then reports."""
-  train.write_config(config, workdir)
-  results, cfgs = {}, {}
-  for stage in config.stages:
-    cfgs[stage] = stage_config(config, stage, workdir)
-    logging.info('=== stage %s: model %s, method %s ===', stage, cfgs[stage].model.name,
-                 cfgs[stage].method)
+  Reads, never writes: a bad stage anywhere in the job fails here, before the first one trains.
+  """
+  cfgs, mismatches = {}, []
+  for i, stage in enumerate(config.stages):
     stage_dir = os.path.join(workdir, stage)
-    results[stage] = (finished_result(cfgs[stage], stage_dir)
-                      or train.train_and_evaluate(cfgs[stage], stage_dir))
-  rep = report.build(results['teacher']['accuracy'], results['student']['accuracy'],
-                     results['distilled']['accuracy'], seed=config.seed,
-                     environment=environment.describe(),
-                     teacher=cfgs['teacher'].model.name, student=cfgs['student'].model.name,
-                     method=cfgs['distilled'].method)
-  if jax.process_index() == 0:
-    report.write(rep, workdir)
+    try:
+      cfg, _ = train.validate(stage_config(config, stage), stage_dir,
+                              pending_stages=tuple(config.stages[:i]))
+    except ValueError as e:
+      raise SetupError(f'stage {stage!r}: {e}') from None
+    cfgs[stage] = cfg
+    try:
+      rundir.inspect(cfg, stage_dir)
+    except rundir.StageMismatch as e:
+      mismatches.append((stage, str(e)))
+  return cfgs, mismatches
+
+
+def run_job(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False
+            ) -> dict[str, Any]:
+  """Runs each stage in workdir/<stage> (a finished one is read back, a partial one resumed), then reports.
+
+  A stage whose record belongs to another config stops the job before anything trains, unless
+  `overwrite`, which moves that stage (and the job's report) aside to workdir/replaced/<time>/.
+  """
+  cfgs, mismatches = plan(config, workdir)
+  if mismatches and not overwrite:
+    raise rundir.StageMismatch('\n'.join(f'stage {s!r}: {m}' for s, m in mismatches))
+  results = {}
+  with lock.hold(workdir):
+    if mismatches:
+      rundir.move_aside(workdir, [s for s, _ in mismatches] + [*REPORT_FILES, rundir.CONFIG_FILE])
+    rundir.write_config(config, workdir)
+    for stage in config.stages:
+      logging.info('=== stage %s: model %s, method %s ===', stage, cfgs[stage].model.name,
+                   cfgs[stage].method)
+      results[stage] = train.train_and_evaluate(cfgs[stage], os.path.join(workdir, stage))
+    rep = report.build(results['teacher']['accuracy'], results['student']['accuracy'],
+                       results['distilled']['accuracy'], seed=config.seed,
+                       environment=environment.describe(),
+                       teacher=cfgs['teacher'].model.name, student=cfgs['student'].model.name,
+                       method=cfgs['distilled'].method)
+    if jax.process_index() == 0:
+      report.write(rep, workdir)
   print(report.to_markdown(rep), flush=True)
   return rep

@@ -38,12 +38,12 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
-  """Raises when the global batch cannot be split evenly over devices and processes."""
+def check_batch_size(global_batch_size: int, mesh: Mesh, name: str = 'batch_size') -> None:
+  """Raises when the global batch (config key `name`) cannot be split evenly over devices and processes."""
   n = mesh.devices.size
-  if global_batch_size % n or global_batch_size % jax.process_count():
-    raise ValueError(f'batch_size={global_batch_size} must be divisible by the {n} devices and '
-                     f'{jax.process_count()} processes; set config.batch_size to a multiple of {n}.')
+  if global_batch_size <= 0 or global_batch_size % n or global_batch_size % jax.process_count():
+    raise ValueError(f'{name}={global_batch_size} must be a positive multiple of the {n} devices '
+                     f'and {jax.process_count()} processes; set config.{name} to a multiple of {n}.')
 
 
 def put_replicated(tree: Any, mesh: Mesh) -> Any:

@@ -107,7 +107,15 @@ def train_step(state: TrainState, teacher_state: Any, batch: dict[str, jax.Array
                                    ema, step_size=rate)
   new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state, ema=ema)
+  # The loss and grads above come from the old params: only this says the new state is finite.
+  metrics['state_finite'] = all_finite((params, batch_stats, opt_state, ema))
   return new_state, metrics
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """True when every floating-point leaf of `tree` is free of NaN and inf (one fused reduction)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.bool_(True)
 
 
 def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, graph: Any,

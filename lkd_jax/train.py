@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
 import os
 import time
@@ -14,92 +12,64 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 from clu import metric_writers, periodic_actions
-from etils import epath
 from flax import nnx
 
-from lkd_jax import checkpoints, optim, sharding, xla_options
+from lkd_jax import checkpoints, lock, optim, rundir, sharding, xla_options
+from lkd_jax import teacher as teacher_lib
 from lkd_jax import data as data_lib
 from lkd_jax import models
 from lkd_jax import step as step_lib
 from lkd_jax.distill import methods, projectors
+from lkd_jax.errors import SetupError
 from lkd_jax.models import conv, layers
-from lkd_jax.models.slak import merge_large_kernels
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs the job (chained stages) or the single run described by `config` in `workdir`."""
+def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False
+        ) -> dict[str, Any]:
+  """Runs the job (chained stages) or the single run described by `config` in `workdir`.
+
+  `overwrite`: a workdir holding another config's record has it moved aside instead of refusing.
+  """
   if config.get('stages'):
     from lkd_jax import job
-    return job.run_job(config, workdir)
-  return train_and_evaluate(config, workdir)
+    return job.run_job(config, workdir, overwrite=overwrite)
+  return train_and_evaluate(config, workdir, overwrite=overwrite)
 
 
-def config_text(config: ml_collections.ConfigDict) -> str:
-  """The config as the JSON text that config.json holds."""
-  return config.to_json_best_effort(indent=2, sort_keys=True)
+def validate(config: ml_collections.ConfigDict, workdir: str, pending_stages: tuple[str, ...] = ()
+             ) -> tuple[ml_collections.ConfigDict, methods.Method]:
+  """The run's config with the dataset's class count and eval split filled in, and its method.
 
-
-def config_digest(config: ml_collections.ConfigDict) -> str:
-  """A short hash of the config text: final_metrics.json records which config produced it."""
-  return hashlib.sha256(config_text(config).encode()).hexdigest()[:16]
-
-
-def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes the locked config as config.json; a different config on resume goes beside it, never over it.
-
-  Only process 0 writes (the workdir is shared by all hosts of a pod, e.g. on gs://).
+  Checks everything before anything is built or written; raises SetupError naming the fix.
+  `pending_stages`: earlier stages of a job, whose outputs (a `stage:` teacher) need not exist yet.
   """
-  if jax.process_index() != 0:
-    return
-  workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  text = config_text(config)
-  path = workdir / 'config.json'
-  if path.exists():
-    if path.read_text() == text:
-      return
-    path = workdir / f'config.{time.strftime("%Y%m%d-%H%M%S")}.json'
-  path.write_text(text)
-
-
-def _validate(config: ml_collections.ConfigDict) -> methods.Method:
-  method = methods.get(config.method)
+  config = data_lib.resolve(config)  # A missing dataset fails here.
+  try:
+    method = methods.get(config.method)
+  except ValueError as e:
+    raise SetupError(str(e)) from None
   if method.needs_teacher and not config.teacher.name:
-    raise ValueError(f'Method {config.method!r} needs a teacher: set teacher.name and '
+    raise SetupError(f'Method {config.method!r} needs a teacher: set teacher.name and '
                      'teacher.checkpoint (or use method=ce).')
   for name in (config.model.name, config.teacher.name if method.needs_teacher else None):
     if name is not None and name not in models.names():
-      raise ValueError(f'Unknown model {name!r}. Known models: {", ".join(models.names())}.')
-  return method
-
-
-def load_teacher(config: ml_collections.ConfigDict, num_classes: int) -> tuple[Any, Any]:
-  """(graphdef, state) of the frozen teacher from teacher.checkpoint (a run dir or a converted file)."""
-  path = config.teacher.checkpoint
-  if not path:
-    raise ValueError('teacher.checkpoint is empty: name a run directory of lkd_jax, or a '
-                     '.pth/.npz/.safetensors file or converted directory (python -m lkd_jax.convert).')
-  form = config.teacher.inference_form
-  if (epath.Path(path) / 'config.json').exists() and checkpoints.latest_step(
-      os.path.join(path, 'checkpoints')) is not None:
-    teacher = merge_large_kernels(load_run_model(path), form)
-  else:
-    from lkd_jax import convert
-    teacher = convert.load_teacher(path, config.teacher.name, num_classes, inference_form=form,
-                                   **config.teacher.kwargs)
-  return nnx.split(teacher)
-
-
-def load_run_model(run_dir: str) -> nnx.Module:
-  """The trained student of an lkd_jax run directory (its latest checkpoint), as a module."""
-  cfg = ml_collections.ConfigDict(json.loads((epath.Path(run_dir) / 'config.json').read_text()))
-  model = models.create(cfg.model.name, num_classes=cfg.num_classes, **cfg.model.kwargs)
-  graph, params, batch_stats, rest = step_lib.split_student(model)
-  with checkpoints.manager(os.path.join(run_dir, 'checkpoints')) as mngr:
-    raw = checkpoints.restore_raw(mngr)
-  nnx.replace_by_pure_dict(params, raw['params']['student'])
-  nnx.replace_by_pure_dict(batch_stats, raw['batch_stats'])
-  return nnx.merge(graph, params, batch_stats, rest)
+      raise SetupError(f'Unknown model {name!r}. Known models: {", ".join(models.names())}.')
+  if method.needs_projector:
+    try:
+      projectors.parse_stages(config.fd_stages)
+    except ValueError as e:
+      raise SetupError(str(e)) from None
+  if config.total_steps < 0 or (config.total_steps == 0 and config.epochs <= 0):
+    raise SetupError(f'The run has no steps (total_steps={config.total_steps}, '
+                     f'epochs={config.epochs}): set total_steps > 0 or epochs > 0.')
+  for key in ('batch_size', 'eval_batch_size'):
+    try:
+      sharding.check_batch_size(config[key], sharding.make_mesh(), key)
+    except ValueError as e:
+      raise SetupError(str(e)) from None
+  if method.needs_teacher:
+    teacher_lib.check(config, workdir, pending_stages)
+  return config, method
 
 
 def _total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
@@ -120,14 +90,33 @@ def _init_state(config, student, projector, tx) -> tuple[step_lib.TrainState, st
   return state, step_lib.Graphs(graph, rest, p_graph, None)
 
 
+class NonFiniteError(FloatingPointError):
+  """Training produced NaN/inf: the run stops, the last good checkpoint is kept."""
+
+
+def _kept(mngr) -> str:
+  mngr.wait_until_finished()
+  last = mngr.latest_step()
+  if last is None:
+    return f'no checkpoint was written yet ({mngr.directory} holds none)'
+  return f'the last good checkpoint (step {last}) is kept in {mngr.directory}'
+
+
 def _check_finite(metrics: dict[str, Any], step: int, mngr) -> None:
   loss, gnorm = float(metrics['loss']), float(metrics['grad_norm'])
-  if not (math.isfinite(loss) and math.isfinite(gnorm)):
-    mngr.wait_until_finished()
-    raise FloatingPointError(
-        f'Non-finite loss ({loss}) or grad norm ({gnorm}) at step {step}. Stopping; the last good '
-        f'checkpoint (step {mngr.latest_step()}) is kept in {mngr.directory}. Lower optim.lr, '
+  state_ok = bool(metrics['state_finite'])
+  if not (math.isfinite(loss) and math.isfinite(gnorm) and state_ok):
+    what = f'loss {loss}, grad norm {gnorm}, updated state {"finite" if state_ok else "NaN/inf"}'
+    raise NonFiniteError(
+        f'Non-finite training at step {step} ({what}). Stopping; {_kept(mngr)}. Lower optim.lr, '
         'raise optim.warmup_steps or set optim.grad_clip.')
+
+
+def _check_final(result: dict[str, float], mngr) -> None:
+  bad = {k: v for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)}
+  if bad:
+    raise NonFiniteError(f'The final evaluation is not finite ({bad}); final_metrics.json was not '
+                         f'written and {_kept(mngr)}.')
 
 
 def evaluate(eval_fn, params, batch_stats, batches, mesh) -> dict[str, float]:
@@ -142,19 +131,38 @@ def evaluate(eval_fn, params, batch_stats, batches, mesh) -> dict[str, float]:
           'loss': float(totals['loss_sum']) / n, 'count': int(totals['count'])}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains one student (optionally distilled from a frozen teacher); returns the final eval metrics."""
-  method = _validate(config)
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       overwrite: bool = False) -> dict[str, Any]:
+  """Trains one student (optionally distilled from a frozen teacher); returns the final eval metrics.
+
+  A workdir that finished with this config is read back; one holding another config's record is
+  refused (StageMismatch) or, with `overwrite`, moved aside first. Nothing is written before the
+  config, the dataset and the workdir's lock have been checked.
+  """
+  config, method = validate(config, workdir)
+  try:
+    status = rundir.inspect(config, workdir)
+  except rundir.StageMismatch:
+    if not overwrite:
+      raise
+    status = rundir.Status('replace')
+  if status.kind == 'finished':
+    logging.info('%s already finished with this config: reading its %s.', workdir, rundir.FINAL_FILE)
+    return status.result
+  mesh = sharding.make_mesh()
+  data = data_lib.build(config)
+  with lock.hold(workdir):
+    if status.kind in ('replace', 'stale'):
+      rundir.move_aside(workdir)
+    rundir.write_config(config, workdir)
+    return _train(config, workdir, method, mesh, data)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Method,
+           mesh: sharding.Mesh, data: data_lib.Dataset) -> dict[str, Any]:
   layers.set_depthwise_impl(config.depthwise_impl)
   conv.set_conv_impl(config.conv_impl)
   layers.set_layer_norm_impl(config.layer_norm_impl)
-  mesh = sharding.make_mesh()
-  sharding.check_batch_size(config.batch_size, mesh)
-  data = data_lib.build(config)  # A missing dataset fails here, before anything is written.
-  write_config(config, workdir)
-  if data.num_classes != config.num_classes:
-    raise ValueError(f'config.num_classes={config.num_classes} but the dataset has '
-                     f'{data.num_classes} classes.')
   total_steps = _total_steps(config, data.num_train)
   steps_per_epoch = data.num_train / config.batch_size
   eval_every = config.eval_every
@@ -163,9 +171,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   student = models.create(config.model.name, num_classes=config.num_classes, seed=config.seed,
                           **config.model.kwargs)
-  teacher_graph, teacher_state = None, None
+  teacher_graph, teacher_state, teacher_source = None, None, None
   if method.needs_teacher:
-    teacher_graph, teacher_state = load_teacher(config, config.num_classes)
+    teacher_graph, teacher_state, teacher_source = teacher_lib.load(config, workdir,
+                                                                    config.num_classes)
     teacher_state = sharding.put_replicated(teacher_state, mesh)
   projector = None
   if method.needs_projector:  # FD projectors sized from eval_shape'd feature maps (no FLOPs).
@@ -202,7 +211,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start == 0:
-    writer.write_hparams({k: v for k, v in _flat(config).items()})
+    writer.write_hparams({k: v for k, v in rundir.flatten(config.to_dict()).items()
+                          if isinstance(v, (int, float, str, bool))})
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every)
   prev, t_log, last_log_step = None, time.time(), start
@@ -237,21 +247,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   finally:
     mngr.wait_until_finished()
   result = do_eval(state)
+  _check_final(result, mngr)
   writer.write_scalars(total_steps, {f'eval/{k}': v for k, v in result.items()})
   writer.flush()
   mngr.close()
   result['step'] = total_steps
-  result['config_digest'] = config_digest(config)
-  if jax.process_index() == 0:
-    (epath.Path(workdir) / 'final_metrics.json').write_text(json.dumps(result, indent=2))
+  result['config_digest'] = rundir.config_digest(config)
+  if teacher_source is not None:
+    result['teacher'] = teacher_source
+  rundir.write_final(result, workdir)
   return result
-
-
-def _flat(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for k, v in config.items():
-    if isinstance(v, ml_collections.ConfigDict):
-      out.update(_flat(v, f'{prefix}{k}.'))
-    elif isinstance(v, (int, float, str, bool)):
-      out[f'{prefix}{k}'] = v
-  return out

@@ -32,7 +32,7 @@ def test_demo_config_via_config_flags_path_syntax():
 
 def test_demo_teacher_depthwise_only_changes_the_distilled_stage():
   default, other = demo.get_config(None), demo.get_config('teacher_depthwise=fft')
-  assert job.stage_config(other, 'distilled', '/w').depthwise_impl == 'fft'
+  assert job.stage_config(other, 'distilled').depthwise_impl == 'fft'
   for stage in ('teacher', 'student'):
-    assert job.stage_config(other, stage, '/w') == job.stage_config(default, stage, '/w')
-  assert job.stage_config(default, 'distilled', '/w').depthwise_impl == 'auto'
+    assert job.stage_config(other, stage) == job.stage_config(default, stage)
+  assert job.stage_config(default, 'distilled').depthwise_impl == 'auto'

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from configs import demo
-from lkd_jax import job, report, train
+from lkd_jax import job, report, rundir, train
 
 
 def test_gains_and_report_files(tmp_path):
@@ -22,11 +22,11 @@ def test_gains_and_report_files(tmp_path):
 
 def test_stage_configs_share_seed_and_point_the_student_at_the_teacher_run(tmp_path):
   c = demo.get_config('seed=4,method=kd,steps=7')
-  t, s, d = (job.stage_config(c, k, str(tmp_path)) for k in ('teacher', 'student', 'distilled'))
+  t, s, d = (job.stage_config(c, k) for k in ('teacher', 'student', 'distilled'))
   assert (t.method, s.method, d.method) == ('ce', 'ce', 'kd')
   assert t.model.name == 'slak_atto' and s.model.name == d.model.name == 'resnet_atto'
   assert s.seed == d.seed == 4 and s.total_steps == d.total_steps == 7
-  assert d.teacher.checkpoint == str(tmp_path / 'teacher')
+  assert d.teacher.checkpoint == 'stage:teacher'  # resolved against the workdir: a moved one works
   assert 'stages' not in d and 'stage_overrides' not in d
 
 
@@ -51,17 +51,21 @@ def test_summary_over_seeds_groups_by_method_with_sample_std(tmp_path, capsys):
 
 
 def test_finished_stage_is_read_back_only_with_the_same_config(tmp_path):
-  cfg = job.stage_config(demo.get_config('seed=1,steps=5'), 'student', str(tmp_path))
-  other = job.stage_config(demo.get_config('seed=1,steps=6'), 'student', str(tmp_path))
-  stage = tmp_path / 'student'
-  assert job.finished_result(cfg, str(stage)) is None  # never ran
-  stage.mkdir()
-  done = {'accuracy': 0.5, 'config_digest': train.config_digest(cfg)}
-  (stage / 'final_metrics.json').write_text(json.dumps(done))
-  assert job.finished_result(cfg, str(stage)) == done
-  # A later run with another config (resumed, or killed before it finished) is not "finished".
-  assert job.finished_result(other, str(stage)) is None
-  assert train.config_digest(other) != train.config_digest(cfg)
+  cfg = job.stage_config(demo.get_config('seed=1,steps=5'), 'student')
+  other = job.stage_config(demo.get_config('seed=1,steps=6'), 'student')
+  stage = str(tmp_path / 'student')
+  assert rundir.inspect(cfg, stage).kind == 'fresh'  # never ran
+  rundir.write_config(cfg, stage)
+  done = {'accuracy': 0.5, 'config_digest': rundir.config_digest(cfg)}
+  rundir.write_final(done, stage)
+  assert rundir.inspect(cfg, stage) == ('finished', done)
+  # Logging and checkpoint cadence do not change a run's numbers: still the same run.
+  cfg.unlock().log_every = 7
+  assert rundir.inspect(cfg, stage) == ('finished', done)
+  # Another config is never "finished" here: it is refused, naming the key.
+  with pytest.raises(rundir.StageMismatch, match=r"total_steps: 5 -> 6"):
+    rundir.inspect(other, stage)
+  assert rundir.config_digest(other) != rundir.config_digest(cfg)
 
 
 def test_job_report_names_packages_and_host(tmp_path, monkeypatch):
@@ -71,6 +75,7 @@ def test_job_report_names_packages_and_host(tmp_path, monkeypatch):
   acc = {'teacher': 0.9, 'student': 0.6, 'distilled': 0.7}
   monkeypatch.setattr(train, 'train_and_evaluate',
                       lambda cfg, stage_dir: {'accuracy': acc[os.path.basename(stage_dir)]})
+  monkeypatch.setattr(train, 'validate', lambda cfg, *a, **k: (cfg, None))
   rep = job.run_job(demo.get_config('seed=5,steps=3'), str(tmp_path))
   saved = json.loads((tmp_path / 'report.json').read_text())
   assert saved['distilled_acc'] == 0.7 and saved['seed'] == 5 and rep == saved

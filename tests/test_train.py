@@ -54,7 +54,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
                         **{'optim.lr': 1e12, 'optim.warmup_steps': 0, 'optim.weight_decay': 0.0})
   with pytest.raises(FloatingPointError, match=r'Non-finite .* at step \d+') as e:
     train.train_and_evaluate(cfg, str(tmp_path))
-  bad_step = int(str(e.value).split('at step ')[1].split('.')[0])
+  bad_step = int(str(e.value).split('at step ')[1].split(' ')[0])
   step, raw = _params(str(tmp_path))
   assert step is not None and step < bad_step
   assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(raw['params']))

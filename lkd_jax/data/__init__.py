@@ -38,6 +38,23 @@ def build(cfg: ml_collections.ConfigDict) -> Dataset:
   raise ValueError(f"Unknown data.source {cfg.data.source!r}; use 'synthetic' or 'tfds'.")
 
 
+def resolve(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of cfg whose num_classes 0 and empty eval split are the dataset's; mismatches raise."""
+  if cfg.data.source == 'tfds':
+    from lkd_jax.data import tfds_pipeline
+    return tfds_pipeline.resolve(cfg)
+  if cfg.data.source != 'synthetic':
+    raise SetupError(f"Unknown data.source {cfg.data.source!r}; use 'synthetic' or 'tfds'.")
+  from lkd_jax.data import synthetic
+  out = cfg.copy_and_resolve_references()
+  if out.num_classes == 0:
+    out.num_classes = synthetic.NUM_CLASSES
+  if out.num_classes != synthetic.NUM_CLASSES:
+    raise SetupError(f'num_classes={out.num_classes} but the synthetic task has '
+                     f'{synthetic.NUM_CLASSES} classes: set num_classes=0 or {synthetic.NUM_CLASSES}.')
+  return out
+
+
 def _synthetic(cfg: ml_collections.ConfigDict) -> Dataset:
   from lkd_jax.data import synthetic
   d = cfg.data

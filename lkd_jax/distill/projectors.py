@@ -48,6 +48,9 @@ class FeatureProjectors(nnx.Module):
     return {s: getattr(self, s)(student_feats[s]) for s in self.stages}
 
 
+FEATURE_STAGES = ('stage1', 'stage2', 'stage3', 'stage4')  # every model's feats keys (DESIGN §3)
+
+
 def parse_stages(stages: str | Sequence[str]) -> tuple[str, ...]:
   """'stage4' or 'stage3+stage4' (config strings cannot hold commas) or a sequence -> tuple of names."""
   if isinstance(stages, str):
@@ -55,6 +58,10 @@ def parse_stages(stages: str | Sequence[str]) -> tuple[str, ...]:
   out = tuple(stages)
   if not out:
     raise ValueError('fd_stages is empty; name at least one stage, e.g. fd_stages=stage4.')
+  unknown = [s for s in out if s not in FEATURE_STAGES]
+  if unknown:
+    raise ValueError(f'fd_stages {unknown} are not feature maps; every model has '
+                     f'{"+".join(FEATURE_STAGES)}.')
   return out
 
 

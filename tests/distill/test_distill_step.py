@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lkd_jax import checkpoints, models, optim, sharding, train
+from lkd_jax import checkpoints, models, optim, rundir, sharding, train
 from lkd_jax import step as step_lib
 from lkd_jax.data import synthetic
 from lkd_jax.distill import methods, projectors
@@ -60,7 +60,7 @@ def test_projector_is_checkpointed_and_dropped_on_export(tmp_path):
   cfg = tiny_run_config(method='fd', **{'teacher.name': 'resnet_atto'})
   state, _, _, _, _ = _fd_state(cfg)
   run_dir = str(tmp_path / 'run')
-  train.write_config(cfg, run_dir)
+  rundir.write_config(cfg, run_dir)
   with checkpoints.manager(os.path.join(run_dir, 'checkpoints')) as mngr:
     checkpoints.save(mngr, 1, state, force=True)
     mngr.wait_until_finished()
@@ -68,7 +68,7 @@ def test_projector_is_checkpointed_and_dropped_on_export(tmp_path):
   assert 'stage4' in raw['params']['projector']  # checkpointed with the student
   exported = methods.export_student(state.params)
   assert jax.tree.structure(exported) == jax.tree.structure(state.params['student'])
-  # What a run directory's student restore reads (train.load_run_model: raw['params']['student'])
+  # What a run directory's student restore reads (teacher.load_run_model: raw['params']['student'])
   # is exactly the exported student.
   got = jax.tree.leaves(raw['params']['student'])
   want = jax.tree.leaves(nnx.to_pure_dict(exported))
