@@ -13,6 +13,7 @@ import sys
 from lkd_jax.convert.readers import CONTAINER_KEYS
 from lkd_jax.convert.rules import ConversionError
 from lkd_jax.convert.teacher import load_teacher, save_converted
+from lkd_jax.errors import SetupError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     model = load_teacher(a.src, a.model, a.num_classes, key=a.key)
   except ConversionError as e:
     print(f'error: {a.src} does not convert to {a.model}:\n{e}', file=sys.stderr)
+    return 1
+  except SetupError as e:  # unreadable file, unknown model or form: one line, no traceback.
+    print(f'error: {e}', file=sys.stderr)
     return 1
   save_converted(model, a.dst, {'model': a.model, 'num_classes': a.num_classes, 'source': a.src,
                                 'key': a.key})

@@ -13,12 +13,13 @@ import numpy as np
 from flax import nnx
 
 from lkd_jax.convert.families import rename_for
+from lkd_jax.errors import SetupError
 
 FlaxPath = tuple[Any, ...]
 _LEAF_NAMES = {'weight': ('kernel', 'scale'), 'running_mean': ('mean',), 'running_var': ('var',)}
 
 
-class ConversionError(ValueError):
+class ConversionError(SetupError):
   """A checkpoint does not fit the model: lists every missing/unexpected key and shape mismatch."""
 
 

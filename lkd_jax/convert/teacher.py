@@ -11,6 +11,7 @@ from flax import nnx
 
 from lkd_jax.convert.readers import read_checkpoint, unwrap
 from lkd_jax.convert.rules import convert_into, dotted, variables_of
+from lkd_jax.errors import SetupError
 from lkd_jax.models import create
 from lkd_jax.models.slak import INFERENCE_FORMS, ReparamLargeKernelConv, merge_large_kernels
 
@@ -36,17 +37,17 @@ def save_converted(model: nnx.Module, dst: str | Path, meta: dict[str, Any]) -> 
 def _load_dir(model: nnx.Module, src: Path, model_name: str) -> nnx.Module:
   meta = json.loads((src / META_FILE).read_text())
   if meta.get('model') != model_name:
-    raise ValueError(f'{src} holds {meta.get("model")!r} variables, not {model_name!r}.')
+    raise SetupError(f'{src} holds {meta.get("model")!r} variables, not {model_name!r}.')
   flat = dict(nnx.to_flat_state(variables_of(model)))
   with np.load(src / VARIABLES_FILE) as f:
     stored = {k: f[k] for k in f.files}
   want = {dotted(p) for p in flat}
   if want != set(stored):
-    raise ValueError(f'{src}: missing {sorted(want - set(stored))}, unexpected {sorted(set(stored) - want)}.')
+    raise SetupError(f'{src}: missing {sorted(want - set(stored))}, unexpected {sorted(set(stored) - want)}.')
   for p, var in flat.items():
     value = stored[dotted(p)]
     if value.shape != var.get_value().shape:
-      raise ValueError(f'{src}: {dotted(p)} has shape {value.shape}, model wants {var.get_value().shape}.')
+      raise SetupError(f'{src}: {dotted(p)} has shape {value.shape}, model wants {var.get_value().shape}.')
     var.set_value(jnp.asarray(value, var.get_value().dtype))
   nnx.update(model, nnx.from_flat_state(flat))
   return model
@@ -61,14 +62,14 @@ def load_teacher(path: str, model_name: str, num_classes: int, *, inference_form
   (slak.INFERENCE_FORMS); the eval output is unchanged.
   """
   if inference_form not in INFERENCE_FORMS:
-    raise ValueError(f'inference_form must be one of {INFERENCE_FORMS}, got {inference_form!r}.')
+    raise SetupError(f'inference_form must be one of {INFERENCE_FORMS}, got {inference_form!r}.')
   model = abstract_model(model_name, num_classes, **model_kw)
   if inference_form != 'branches' and not any(
       isinstance(m, ReparamLargeKernelConv) for _, m in nnx.iter_modules(model)):
-    raise ValueError(f'inference_form={inference_form!r} needs a SLaK-family model; {model_name} has no '
+    raise SetupError(f'inference_form={inference_form!r} needs a SLaK-family model; {model_name} has no '
                      'large-kernel units.')
   src = Path(path)
-  if src.is_dir():
+  if src.is_dir() and (src / META_FILE).exists():
     model = _load_dir(model, src, model_name)
   else:
     model = convert_into(model, unwrap(read_checkpoint(src), key))

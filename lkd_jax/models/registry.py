@@ -5,6 +5,8 @@ from typing import Any, Callable
 
 from flax import nnx
 
+from lkd_jax.errors import SetupError
+
 _REGISTRY: dict[str, Callable[..., nnx.Module]] = {}
 
 
@@ -36,10 +38,10 @@ def names() -> list[str]:
 
 
 def create(name: str, *, num_classes: int, seed: int = 0, **kwargs: Any) -> nnx.Module:
-  """Builds model `name`; raises a ValueError listing the known names for an unknown one."""
+  """Builds model `name`; raises a SetupError listing the known names for an unknown one."""
   _ensure_loaded()
   if name not in _REGISTRY:
-    raise ValueError(f'Unknown model {name!r}. Known models: {", ".join(sorted(_REGISTRY))}. '
+    raise SetupError(f'Unknown model {name!r}. Known models: {", ".join(sorted(_REGISTRY))}. '
                      'Run `python -m lkd_jax.models --list` for sizes.')
   build = lambda: _REGISTRY[name](num_classes=num_classes,
                                   rngs=nnx.Rngs(params=seed, dropout=seed + 1), **kwargs)
