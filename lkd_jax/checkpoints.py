@@ -42,9 +42,37 @@ def absolute(directory: str) -> epath.Path:
   return path if '://' in str(directory) else epath.Path(os.path.abspath(directory))
 
 
+class CheckpointWriteError(SetupError):
+  """A checkpoint could not be written (disk full, permissions); the complete steps are kept."""
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, force: bool = False) -> bool:
-  """Saves `state` at `step` (asynchronously) if the interval policy or `force` says so."""
-  return mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+  """Saves `state` at `step` (asynchronously) if the interval policy or `force` says so.
+
+  A failed earlier async save surfaces here (or in `wait`) as one CheckpointWriteError.
+  """
+  try:
+    return mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+  except Exception as e:  # orbax re-raises its writer threads' errors (ValueError, OSError, ...).
+    raise _write_error(mngr, e) from None
+
+
+def wait(mngr: ocp.CheckpointManager) -> None:
+  """Blocks until pending async saves are written; a failed one raises CheckpointWriteError."""
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:
+    raise _write_error(mngr, e) from None
+
+
+def _write_error(mngr: ocp.CheckpointManager, error: Exception) -> CheckpointWriteError:
+  mngr.reload()
+  last = mngr.latest_step()
+  kept = (f'the last complete checkpoint, step {last}, is kept' if last is not None else
+          'no complete checkpoint was written')
+  return CheckpointWriteError(
+      f'Writing a checkpoint to {mngr.directory} failed ({_reason(error)}). The run stopped; {kept}. '
+      'Free disk space (or fix the permissions) and rerun the same command to resume.')
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state: Any, step: int | None = None) -> Any:

@@ -26,8 +26,12 @@ HELP_FLAGS = ('-h', '--help', '--helpshort', '-help', '-?')
 
 
 def _quiet_orbax(record) -> bool:
-  # Orbax logs several INFO lines per save; keep its warnings and errors only.
-  return record.levelno >= pylogging.WARNING or '/orbax/' not in record.pathname
+  """Keeps orbax's warnings and errors, one line each: a writer thread's failure is raised again in
+  the main thread, where it is reported (as one line naming the fix)."""
+  if '/orbax/' not in record.pathname:
+    return True
+  record.exc_info, record.exc_text = None, None
+  return record.levelno >= pylogging.WARNING
 
 
 def _config_path(argv: list[str]) -> str | None:

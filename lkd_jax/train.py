@@ -1,6 +1,7 @@
 """run(config, workdir): build the state, run the fused step loop with eval, logging and checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -95,7 +96,7 @@ class NonFiniteError(FloatingPointError):
 
 
 def _kept(mngr) -> str:
-  mngr.wait_until_finished()
+  checkpoints.wait(mngr)
   last = mngr.latest_step()
   if last is None:
     return f'no checkpoint was written yet ({mngr.directory} holds none)'
@@ -241,11 +242,16 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
         _check_finite(metrics, step, mngr)
         checkpoints.save(mngr, step, state, force=True)
       if preempted:
-        mngr.wait_until_finished()
+        checkpoints.wait(mngr)
         raise SystemExit(f'Preempted: saved step {step} to {ckpt_dir}; rerun the same command '
                          'to resume.')
-  finally:
-    mngr.wait_until_finished()
+  except BaseException:
+    # Let a pending save finish (a kill keeps the last step); its own failure would only repeat
+    # the error already on its way out.
+    with contextlib.suppress(Exception):
+      mngr.wait_until_finished()
+    raise
+  checkpoints.wait(mngr)
   result = do_eval(state)
   _check_final(result, mngr)
   writer.write_scalars(total_steps, {f'eval/{k}': v for k, v in result.items()})

@@ -191,3 +191,30 @@ def test_setup_error_in_a_run_is_one_line(tmp_path):
   assert out.returncode == 1
   assert 'error: Teacher checkpoint /no/such/ckpt.pth does not exist' in out.stderr
   assert 'Traceback' not in out.stderr and not (tmp_path / 'W').exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 3 MiB tmpfs (root only): room for a few tiny checkpoints, then 'No space left on device'."""
+  mount = tmp_path / 'disk'
+  mount.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', str(mount)],
+                    capture_output=True).returncode:
+    pytest.skip('mounting a small tmpfs needs root')
+  yield mount
+  subprocess.run(['umount', '-l', str(mount)], check=False)
+
+
+def test_full_disk_is_one_line_and_keeps_the_complete_checkpoints(small_disk):
+  workdir = small_disk / 'W'
+  out = _cli('--config=configs/demo.py:teacher=resnet_atto,teacher_steps=60,teacher_num_train=32,'
+             'batch=16', f'--workdir={workdir}', '--config.checkpoint_every=1',
+             '--config.keep_checkpoints=100', timeout=300)
+  assert out.returncode == 1
+  errors = [l for l in out.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and errors[0].startswith('error: Writing a checkpoint to ')
+  assert 'No space left on device' in errors[0]
+  assert 'rerun the same command to resume' in errors[0] and 'Traceback' not in out.stderr
+  last = int(errors[0].split('the last complete checkpoint, step ')[1].split(',')[0])
+  assert checkpoints.latest_step(str(workdir / 'teacher' / 'checkpoints')) == last
+  assert rundir.read_final(str(workdir / 'teacher')) is None
