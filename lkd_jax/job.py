@@ -15,6 +15,17 @@ from lkd_jax.teacher import STAGE_PREFIX
 REPORT_FILES = ('report.json', 'report.md')
 
 
+def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False
+        ) -> dict[str, Any]:
+  """Runs the job (a config with `stages`) or the single run described by `config` in `workdir`.
+
+  `overwrite`: a workdir holding another config's record has it moved aside instead of refusing.
+  """
+  if config.get('stages'):
+    return run_job(config, workdir, overwrite=overwrite)
+  return train.train_and_evaluate(config, workdir, overwrite=overwrite)
+
+
 def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collections.ConfigDict:
   """The run config of one stage: the job config minus job keys, plus the stage's overrides.
 

@@ -138,13 +138,13 @@ def main(argv: list[str]) -> None:
   if FLAGS.multihost:
     jax.distributed.initialize()
   tf.config.set_visible_devices([], 'GPU')  # TF (tf.data, writers) must never take an accelerator.
-  from lkd_jax import train
+  from lkd_jax import job, train
   from lkd_jax.errors import SetupError
   logging.info('JAX process %d/%d, %d local / %d global devices (%s); host malloc %s.',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.default_backend(), 'tuned' if malloc_tuned else 'system')
   try:
-    train.run(FLAGS.config, FLAGS.workdir, overwrite=FLAGS.overwrite)
+    job.run(FLAGS.config, FLAGS.workdir, overwrite=FLAGS.overwrite)
   except (SetupError, train.NonFiniteError) as e:  # input or divergence, not a bug: no traceback.
     if FLAGS.debug:
       raise

@@ -25,18 +25,6 @@ from lkd_jax.errors import SetupError
 from lkd_jax.models import conv, layers
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False
-        ) -> dict[str, Any]:
-  """Runs the job (chained stages) or the single run described by `config` in `workdir`.
-
-  `overwrite`: a workdir holding another config's record has it moved aside instead of refusing.
-  """
-  if config.get('stages'):
-    from lkd_jax import job
-    return job.run_job(config, workdir, overwrite=overwrite)
-  return train_and_evaluate(config, workdir, overwrite=overwrite)
-
-
 def validate(config: ml_collections.ConfigDict, workdir: str, pending_stages: tuple[str, ...] = ()
              ) -> tuple[ml_collections.ConfigDict, methods.Method]:
   """The run's config with the dataset's class count and eval split filled in, and its method.

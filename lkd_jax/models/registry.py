@@ -20,26 +20,13 @@ def register(name: str) -> Callable[[Callable[..., nnx.Module]], Callable[..., n
   return wrap
 
 
-def _ensure_loaded() -> None:
-  # Importing the family modules fills the registry.
-  from lkd_jax.models import convnext, resnet, slak  # noqa: F401
-  for optional in ('swin', 'vit', 'cswin'):
-    try:
-      __import__(f'lkd_jax.models.{optional}')
-    except ModuleNotFoundError as e:
-      if e.name != f'lkd_jax.models.{optional}':
-        raise
-
-
 def names() -> list[str]:
   """All registered model names, sorted."""
-  _ensure_loaded()
   return sorted(_REGISTRY)
 
 
 def create(name: str, *, num_classes: int, seed: int = 0, **kwargs: Any) -> nnx.Module:
   """Builds model `name`; raises a SetupError listing the known names for an unknown one."""
-  _ensure_loaded()
   if name not in _REGISTRY:
     raise SetupError(f'Unknown model {name!r}. Known models: {", ".join(sorted(_REGISTRY))}. '
                      'Run `python -m lkd_jax.models --list` for sizes.')
