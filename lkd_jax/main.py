@@ -134,10 +134,10 @@ def main(argv: list[str]) -> None:
   from lkd_jax.host_malloc import tune_host_malloc
   malloc_tuned = tune_host_malloc(FLAGS.config.get('host_malloc', 'auto'))  # before JAX's threads start.
   import jax
-  import tensorflow as tf
+  from lkd_jax.data import hide_accelerators_from_tf
   if FLAGS.multihost:
     jax.distributed.initialize()
-  tf.config.set_visible_devices([], 'GPU')  # TF (tf.data, writers) must never take an accelerator.
+  hide_accelerators_from_tf()
   from lkd_jax import job, train
   from lkd_jax.errors import SetupError
   logging.info('JAX process %d/%d, %d local / %d global devices (%s); host malloc %s.',

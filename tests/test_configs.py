@@ -36,3 +36,17 @@ def test_demo_teacher_depthwise_only_changes_the_distilled_stage():
   for stage in ('teacher', 'student'):
     assert job.stage_config(other, stage) == job.stage_config(default, stage)
   assert job.stage_config(default, 'distilled').depthwise_impl == 'auto'
+
+
+def test_configs_load_from_any_working_directory(tmp_path):
+  """`--config /abs/path/configs/NAME.py` works from another cwd: configs/ is an installed package."""
+  import os
+  import subprocess
+  import sys
+  out = subprocess.run(
+      [sys.executable, '-m', 'lkd_jax.main', f'--config={os.path.abspath(demo.__file__)}:steps=0',
+       '--workdir=W'], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.returncode == 2
+  assert 'steps=0 must be positive' in out.stderr  # the config loaded and ran its own checks
+  assert 'No module named' not in out.stderr and not (tmp_path / 'W').exists()

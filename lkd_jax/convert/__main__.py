@@ -1,4 +1,5 @@
 """CLI: python -m lkd_jax.convert --model slak_t --src ckpt.pth --dst DIR [--num_classes 1000] [--key model]
+     [--model_kwargs '{"kernel_size": [31, 29, 27, 13, 5]}']
 
 Reads an official PyTorch checkpoint (.pth, read without torch and never running code from it; or .npz,
 .safetensors), converts it by rule, refuses with one error listing every missing/unexpected key and shape
@@ -8,12 +9,24 @@ mismatch, and writes DIR with variables.npz + model.json, which
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from lkd_jax.convert.readers import CONTAINER_KEYS
 from lkd_jax.convert.rules import ConversionError
 from lkd_jax.convert.teacher import load_teacher, save_converted
 from lkd_jax.errors import SetupError
+
+
+def _json_object(text: str) -> dict:
+  """argparse type: a JSON object."""
+  try:
+    value = json.loads(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f'not JSON ({e}): {text}') from None
+  if not isinstance(value, dict):
+    raise argparse.ArgumentTypeError(f'want a JSON object such as {{"kernel_size": [31, 29, 27, 13, 5]}}, got {text}')
+  return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,9 +37,12 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('--dst', required=True, help='output directory')
   p.add_argument('--num_classes', type=int, default=1000)
   p.add_argument('--key', default=None, help=f'container entry; default: first of {CONTAINER_KEYS} present')
+  p.add_argument('--model_kwargs', type=_json_object, default={},
+                 help='model constructor arguments as JSON, e.g. \'{"kernel_size": [31, 29, 27, 13, 5]}\' '
+                      'for the released SLaK-T-31 (the same as teacher.kwargs in a training config)')
   a = p.parse_args(argv)
   try:
-    model = load_teacher(a.src, a.model, a.num_classes, key=a.key)
+    model = load_teacher(a.src, a.model, a.num_classes, key=a.key, **a.model_kwargs)
   except ConversionError as e:
     print(f'error: {a.src} does not convert to {a.model}:\n{e}', file=sys.stderr)
     return 1
@@ -34,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 1
   save_converted(model, a.dst, {'model': a.model, 'num_classes': a.num_classes, 'source': a.src,
-                                'key': a.key})
+                                'key': a.key, 'model_kwargs': a.model_kwargs})
   print(f'wrote {a.dst}')
   return 0
 

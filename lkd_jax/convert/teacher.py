@@ -34,10 +34,15 @@ def save_converted(model: nnx.Module, dst: str | Path, meta: dict[str, Any]) -> 
   return dst
 
 
-def _load_dir(model: nnx.Module, src: Path, model_name: str) -> nnx.Module:
+def _load_dir(model: nnx.Module, src: Path, model_name: str, model_kw: dict[str, Any]
+              ) -> nnx.Module:
   meta = json.loads((src / META_FILE).read_text())
   if meta.get('model') != model_name:
     raise SetupError(f'{src} holds {meta.get("model")!r} variables, not {model_name!r}.')
+  stored_kw, given_kw = meta.get('model_kwargs', {}), json.loads(json.dumps(model_kw))
+  if stored_kw != given_kw:
+    raise SetupError(f'{src} was converted for {model_name} with model kwargs {stored_kw}, but '
+                     f'the model is built with {given_kw}: set teacher.kwargs to {stored_kw}.')
   flat = dict(nnx.to_flat_state(variables_of(model)))
   with np.load(src / VARIABLES_FILE) as f:
     stored = {k: f[k] for k in f.files}
@@ -70,7 +75,7 @@ def load_teacher(path: str, model_name: str, num_classes: int, *, inference_form
                      'large-kernel units.')
   src = Path(path)
   if src.is_dir() and (src / META_FILE).exists():
-    model = _load_dir(model, src, model_name)
+    model = _load_dir(model, src, model_name, model_kw)
   else:
     model = convert_into(model, unwrap(read_checkpoint(src), key))
   return merge_large_kernels(model, inference_form)

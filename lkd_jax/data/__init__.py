@@ -28,6 +28,15 @@ class Dataset(NamedTuple):
   image_size: int
 
 
+def hide_accelerators_from_tf() -> None:
+  """Keeps TensorFlow (tf.data, TensorBoard writers) on the CPU: it never takes accelerator memory."""
+  import tensorflow as tf
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # TF's devices are already initialised (done earlier in this process).
+    pass
+
+
 def build(cfg: ml_collections.ConfigDict) -> Dataset:
   """The dataset named by cfg.data.source ('synthetic' or 'tfds') for this process."""
   if cfg.data.source == 'synthetic':

@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lkd_jax.data import Batch, Dataset, DatasetNotFoundError, augment
+from lkd_jax.data import Batch, Dataset, DatasetNotFoundError, augment, hide_accelerators_from_tf
 from lkd_jax.errors import SetupError
 
 FOLDER_PREFIX = 'folder:'
@@ -68,14 +68,6 @@ class DatasetSpec(NamedTuple):
   splits: tuple[str, ...]  # () for mock_data, which generates any split asked for
   num_classes: int
   eval_split: str          # data.eval_split, or the split that '' resolves to
-
-
-def hide_accelerators_from_tf() -> None:
-  """Keeps TF on the CPU so that it never takes accelerator memory from JAX."""
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:  # TF's devices are already initialised (an earlier build did this).
-    pass
 
 
 def build(cfg: ml_collections.ConfigDict, *, process_index: int | None = None,

@@ -118,3 +118,20 @@ def test_pth_reader(tmp_path):
              tmp_path / 'ckpt.pth')
   model = load_teacher(str(tmp_path / 'ckpt.pth'), 'resnet_atto', 10)
   np.testing.assert_array_equal(model.fc.bias[...], sd['fc.bias'])
+
+
+def test_cli_converts_with_model_kwargs(tmp_path, capsys):
+  """A checkpoint of a non-default shape (the released SLaK-T-31's kernels) converts from the CLI."""
+  kw = {'kernel_size': (13, 11, 9, 7, 3)}
+  sd = torch_state_dict(abstract_model('slak_atto', 10, **kw))
+  np.savez(tmp_path / 'slak.npz', **sd)
+  dst = tmp_path / 'converted'
+  args = ['--model', 'slak_atto', '--num_classes', '10', '--src', str(tmp_path / 'slak.npz'),
+          '--dst', str(dst)]
+  assert convert_main(args) == 1  # default kernel sizes: shapes do not fit
+  assert 'shape' in capsys.readouterr().err
+  assert convert_main(args + ['--model_kwargs', '{"kernel_size": [13, 11, 9, 7, 3]}']) == 0
+  model = load_teacher(str(dst), 'slak_atto', 10, **kw)
+  assert model.stages[0][0].large_kernel.LoRA1.conv.kernel.shape[0] == 13
+  with pytest.raises(ValueError, match=r'converted for slak_atto with model kwargs .*13, 11, 9, 7, 3'):
+    load_teacher(str(dst), 'slak_atto', 10)
