@@ -62,7 +62,7 @@ from lkd_jax.models import layers  # noqa: E402
 from lkd_jax.models import macs  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
 from lkd_jax.models import slak  # noqa: E402
-from lkd_jax.step import teacher_forward  # noqa: E402
+from lkd_jax.step import cast_floats, teacher_forward  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, jit, medians, time_interleaved  # noqa: E402
 from torch_side import (add_torch_device_arg, leave_gpu_memory_for_torch, synced, torch,  # noqa: E402
                         torch_device, torch_fields, use_all_cores)
@@ -94,6 +94,7 @@ def build_jax(teacher_name, student_name, teacher_form='branches', teacher_dtype
                                      teacher_form)
   student = registry.create(student_name, num_classes=NUM_CLASSES, seed=1)
   t_graph, t_state = nnx.split(teacher)
+  t_state = cast_floats(t_state, jnp.dtype(teacher_dtype))
   s_graph, s_params, s_stats, s_rest = nnx.split(student, nnx.Param, nnx.BatchStat, ...)
   tx = optax.adamw(1e-3, weight_decay=0.05)
   opt_state = tx.init(s_params)

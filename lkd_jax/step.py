@@ -50,11 +50,16 @@ def normalize(images: jax.Array, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> jax.Ar
   return (images.astype(jnp.float32) - jnp.asarray(mean)) / jnp.asarray(std)
 
 
+def cast_floats(tree: Any, dtype: Any) -> Any:
+  """`tree` with its floating-point leaves in `dtype` (a frozen teacher's state, cast once at load)."""
+  return jax.tree.map(lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v,
+                      tree)
+
+
 def teacher_forward(graph: Any, teacher_state: Any, x: jax.Array, dtype: Any
                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Frozen teacher in eval mode, computed in `dtype`, logits cast to float32, no gradient."""
-  teacher_state = jax.tree.map(
-      lambda v: v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v, teacher_state)
+  """Frozen teacher (state already in `dtype`: cast_floats) in eval mode on `x` cast to `dtype`;
+  logits cast to float32, no gradient."""
   logits, feats = nnx.merge(graph, teacher_state)(x.astype(dtype), train=False)
   return jax.lax.stop_gradient((logits.astype(jnp.float32), feats))
 

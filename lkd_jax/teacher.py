@@ -89,7 +89,7 @@ def _check_run_dir(path: str, config: ml_collections.ConfigDict) -> None:
 
 def load(config: ml_collections.ConfigDict, workdir: str, num_classes: int
          ) -> tuple[Any, Any, dict[str, Any]]:
-  """(graphdef, state, source) of the frozen teacher; `source` records what was loaded."""
+  """(graphdef, state in teacher.dtype, source) of the frozen teacher; `source` records what was loaded."""
   check(config, workdir)
   path = resolve_path(config.teacher.checkpoint, workdir)
   form = config.teacher.inference_form
@@ -106,7 +106,8 @@ def load(config: ml_collections.ConfigDict, workdir: str, num_classes: int
     source = {'kind': 'converted' if epath.Path(path).is_dir() else 'file', 'sha256': _sha256(path)}
   source = {'checkpoint': config.teacher.checkpoint, 'path': os.path.abspath(path),
             'model': config.teacher.name, **source}
-  return (*nnx.split(teacher), source)
+  graph, state = nnx.split(teacher)
+  return graph, step_lib.cast_floats(state, config.teacher.dtype), source
 
 
 def load_run_model(run_dir: str) -> tuple[nnx.Module, int]:
