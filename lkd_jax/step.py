@@ -123,12 +123,17 @@ def all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.bool_(True)
 
 
+def eval_logits(params: Any, batch_stats: Any, images: jax.Array, *, graph: Any, rest: Any
+                ) -> jax.Array:
+  """Float32 logits of the model in eval mode on uint8 (or 0-255 float) images."""
+  logits, _ = nnx.merge(graph, params, batch_stats, rest)(normalize(images), train=False)
+  return logits.astype(jnp.float32)
+
+
 def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, graph: Any,
               rest: Any) -> dict[str, jax.Array]:
   """Masked sums of correct top-1/top-5 predictions and of the CE loss, for exact accumulation."""
-  model = nnx.merge(graph, params, batch_stats, rest)
-  logits, _ = model(normalize(batch['image']), train=False)
-  logits = logits.astype(jnp.float32)
+  logits = eval_logits(params, batch_stats, batch['image'], graph=graph, rest=rest)
   mask = batch['mask'].astype(jnp.float32)
   labels = batch['label']
   top5 = jnp.any(jax.lax.top_k(logits, min(5, logits.shape[-1]))[1] == labels[:, None], -1)

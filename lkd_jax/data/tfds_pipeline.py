@@ -230,9 +230,14 @@ def share(n: int, proc: Process) -> int:
   return n // proc.count + int(proc.index < n % proc.count)
 
 
-def read(source: Source, split: str, cap: int, proc: Process, shuffle_seed: int | None = None
-         ) -> tf.data.Dataset:
-  """This process's raw records of split[:cap]: {'image': encoded bytes, 'label': int32}."""
+def image_label(ex: dict) -> dict:
+  """The fields of a raw record that training and evaluation read: encoded image, int32 label."""
+  return {'image': ex['image'], 'label': tf.cast(ex['label'], tf.int32)}
+
+
+def read(source: Source, split: str, cap: int, proc: Process, shuffle_seed: int | None = None,
+         fields: Callable[[dict], dict] = image_label) -> tf.data.Dataset:
+  """This process's raw records of split[:cap] as `fields` selects them (default image_label)."""
   decoders = {'image': tfds.decode.SkipDecoding()}  # decoded later, fused with the crop.
   if source.subsplits:
     sub = tfds.split_for_jax_process(_capped(split, cap), process_index=proc.index,
@@ -246,7 +251,7 @@ def read(source: Source, split: str, cap: int, proc: Process, shuffle_seed: int 
     with _mocked(source.mock):
       ds = source.builder.as_dataset(split=split, decoders=decoders)
     ds = ds.take(cap if cap > 0 else -1).shard(proc.count, proc.index)
-  return ds.map(lambda ex: {'image': ex['image'], 'label': tf.cast(ex['label'], tf.int32)})
+  return ds.map(fields)
 
 
 def options(threads: int = 0) -> tf.data.Options:
@@ -323,23 +328,27 @@ def train_batches(source: Source, cfg: ml_collections.ConfigDict, proc: Process,
 # ------------------------------------------------------------------------------------------- eval
 
 def eval_map_fn(d: ml_collections.ConfigDict) -> Callable:
-  """Raw example -> resized, centre-cropped example with mask=True."""
-  return lambda ex: {'image': augment.eval_preprocess(ex['image'], d), 'label': ex['label'],
-                     'mask': True}
+  """Raw example -> resized, centre-cropped example (its other fields kept) with mask=True."""
+  return lambda ex: {**ex, 'image': augment.eval_preprocess(ex['image'], d), 'mask': True}
 
 
-def eval_dataset(source: Source, cfg: ml_collections.ConfigDict, proc: Process, split: str
-                 ) -> tf.data.Dataset:
-  """One padded, masked pass over this process's share of split, as many batches per process."""
+def eval_dataset(source: Source, cfg: ml_collections.ConfigDict, proc: Process, split: str,
+                 fields: Callable[[dict], dict] = image_label) -> tf.data.Dataset:
+  """One padded, masked pass over this process's share of split, as many batches per process.
+
+  `fields` selects what each record yields (read); padding is zeros of the same structure.
+  """
   d = cfg.data
   local = local_batch_size(cfg.eval_batch_size, proc, 'eval_batch_size')
   n = split_size(source, split, d.num_eval)
   steps = -(-(-(-n // proc.count)) // local)
-  ds = read(source, split, d.num_eval, proc).map(eval_map_fn(d), num_parallel_calls=AUTOTUNE)
+  ds = read(source, split, d.num_eval, proc, fields=fields).map(eval_map_fn(d),
+                                                               num_parallel_calls=AUTOTUNE)
   if d.cache_eval:
     ds = ds.cache()
-  pad = tf.data.Dataset.from_tensors({'image': tf.zeros([d.image_size, d.image_size, 3], tf.uint8),
-                                      'label': tf.constant(0, tf.int32), 'mask': False})
+  zeros = {k: tf.zeros(s.shape, s.dtype) for k, s in ds.element_spec.items() if k != 'image'}
+  pad = tf.data.Dataset.from_tensors({**zeros, 'mask': False,
+                                      'image': tf.zeros([d.image_size, d.image_size, 3], tf.uint8)})
   # Finite padding, not take() on endless padding: each pass reads to the end, completing the cache.
   ds = ds.concatenate(pad.repeat(steps * local - share(n, proc)))
   return ds.batch(local, drop_remainder=True).with_options(options(d.threads)).prefetch(d.prefetch)
