@@ -1,0 +1,1 @@
+"""Evaluators (lkd_jax/evaluate): metrics, evaluation sets, runner and CLI."""
