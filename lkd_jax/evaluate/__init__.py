@@ -1,1 +1,7 @@
-"""Evaluators (lkd_jax/evaluate): metrics, evaluation sets, runner and CLI."""
+"""Evaluators: ImageNet and its robustness / OOD sets, calibration, teacher-student agreement, and the
+embedded task's clean and corrupted sets; the teacher sanity check. CLI: python -m lkd_jax.evaluate."""
+from lkd_jax.evaluate.runner import (TeacherAtChanceError, check_teacher, chance_threshold,
+                                     evaluate, load, options, options_from_config, run_suite)
+
+__all__ = ['TeacherAtChanceError', 'check_teacher', 'chance_threshold', 'evaluate', 'load',
+           'options', 'options_from_config', 'run_suite']
