@@ -187,7 +187,7 @@ def test_command_line_errors_are_one_line(args, rc, message):
 
 def test_setup_error_in_a_run_is_one_line(tmp_path):
   out = _cli('--config=configs/slak_kd.py:teacher=slak_atto,student=resnet_atto,method=kd,'
-             'teacher_ckpt=/no/such/ckpt.pth', f'--workdir={tmp_path / "W"}')
+             'mock=16,teacher_ckpt=/no/such/ckpt.pth', f'--workdir={tmp_path / "W"}')
   assert out.returncode == 1
   assert 'error: Teacher checkpoint /no/such/ckpt.pth does not exist' in out.stderr
   assert 'Traceback' not in out.stderr and not (tmp_path / 'W').exists()
