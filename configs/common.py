@@ -50,6 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.conv_impl = 'auto'         # dense convs: 'auto' (matmul forms on CPU, XLA conv elsewhere), 'xla', 'matmul'.
   c.layer_norm_impl = 'auto'   # LayerNorm statistics: 'auto' ('dot/reduce' on CPU, else 'reduce'), 'reduce', 'dot', 'dot/reduce'.
   c.host_malloc = 'auto'       # glibc malloc kept warm for XLA:CPU (lkd_jax/host_malloc.py): 'auto' (CPU runs), 'tuned', 'system'.
+  c.evals = ''                 # '+'-joined evaluation suites run at the end (lkd_jax/evaluate/sets.py:
+                               # imagenet_a+imagenet_r+imagenet_c, synthetic_c, ...); in final_metrics.json
+  c.eval_options = ml_collections.ConfigDict({'num_eval': 0})  # evaluate.options() overrides
   c.ema_decay = 0.0            # > 0 keeps an EMA of the student (paper: 0.9999) and evaluates it too.
   c.model = ml_collections.ConfigDict({'name': 'resnet50', 'kwargs': {}})
   c.teacher = ml_collections.ConfigDict(
@@ -57,6 +60,10 @@ def base_config() -> ml_collections.ConfigDict:
        # An lkd_jax run dir (finished, unless allow_partial), a converted dir or a .pth/.npz/
        # .safetensors file; in a job, 'stage:teacher' is the job's own teacher stage.
        'checkpoint': '', 'allow_partial': False,
+       # Before distilling, the teacher is evaluated on check_batches eval batches under the
+       # student's eval transform; at chance level (a wrong load) the run stops. check_min_accuracy:
+       # -1 = above chance by a margin (evaluate.chance_threshold), 0 = record only; 0 batches: skip.
+       'check_batches': 10, 'check_min_accuracy': -1.0,
        # SLaK teachers (lkd_jax/models/slak.py INFERENCE_FORMS): 'branches' (the reference's), 'merged'
        # (one BN-folded KxK kernel + bias per unit), 'merged_decom' (BN-folded KxN + NxK kernels + bias).
        'inference_form': 'branches'})

@@ -52,6 +52,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.kd_temperature = 3.0
   c.update(nkd_gamma=a.nkd_gamma, fd_weight=a.fd_weight, fd_stages=a.fd_stages,
            dkd_warmup_steps=a.dkd_warmup_steps)
+  # Every stage ends on the embedded corruption suite (5 corruptions x 5 severities, 512 images
+  # each): the report's robustness column.
+  c.evals = 'synthetic_c'
+  c.eval_options.num_eval = 512
   c.teacher.name = a.teacher
   c.stages = ('teacher', 'student', 'distilled')
   c.stage_overrides = ml_collections.ConfigDict({

@@ -44,6 +44,11 @@ Arguments (after the path, `k=v,k=v`):
   num_classes   0 (default) = the dataset's class count (imagenet2012 1000, a folder its class
                 folders); N: checked against the dataset's
   image_size; mock > 0: that many tfds.testing.mock_data examples (tests)
+  evals         '+'-joined evaluation suites run at the end, e.g.
+                imagenet_v2+imagenet_real+imagenet_a+imagenet_r+imagenet_sketch+imagenet_c
+                (python -m lkd_jax.evaluate runs them on any checkpoint too)
+  teacher_check eval batches the frozen teacher is checked on before distilling (a teacher at
+                chance level stops the run: a wrong load); 0 skips the check
 """
 import ml_collections
 
@@ -69,7 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       arg, teacher='slak_t', student='resnet50', method='nkd_lkkd', epochs=120.0, steps=0,
       teacher_ckpt='', teacher_form='', teacher_dtype='bfloat16', eff_batch=0, batch=0,
       lr=4e-3, warmup_epochs=20.0, drop_path=-1.0, ema=0.9999, seed=0, dataset='imagenet2012',
-      data_dir='', eval_split='', num_classes=0, image_size=224, mock=0, eval_every_epochs=1.0)
+      data_dir='', eval_split='', num_classes=0, image_size=224, mock=0, eval_every_epochs=1.0,
+      evals='', teacher_check=10)
   recipe = _student_recipe(a.student)
   eff_batch = a.eff_batch or recipe['eff_batch']
   batch = a.batch or eff_batch
@@ -91,8 +97,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   drop_path = recipe['drop_path'] if a.drop_path < 0 else a.drop_path
   c.model = ml_collections.ConfigDict({'name': a.student,
                                        'kwargs': {'drop_path_rate': drop_path}})
+  c.evals = a.evals
   c.teacher.update(name='' if a.method == 'ce' else a.teacher, checkpoint=a.teacher_ckpt,
-                   dtype=a.teacher_dtype, inference_form=a.teacher_form or (
+                   dtype=a.teacher_dtype, check_batches=a.teacher_check,
+                   inference_form=a.teacher_form or (
                        'merged_decom' if a.teacher.startswith('slak') else 'branches'))
   c.optim.update(lr=a.lr, min_lr=1e-6, warmup_epochs=a.warmup_epochs, weight_decay=0.05,
                  grad_clip=0.0, grad_accum_steps=eff_batch // batch)

@@ -41,6 +41,16 @@ def stage_config(config: ml_collections.ConfigDict, stage: str) -> ml_collection
   return cfg
 
 
+def corruption_errors(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+  """{'<stage>_c_error': mean top-1 error over the embedded corruption suite} of stages that ran it."""
+  out = {}
+  for stage, r in results.items():
+    c = r.get('evals', {}).get('raw', {}).get('synthetic_c', {})
+    if c.get('mean_error') is not None:
+      out[f'{stage}_c_error'] = c['mean_error']
+  return out
+
+
 def plan(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict[str, Any], list[str]]:
   """Every stage's config, validated, and the stages whose record belongs to another config.
 
@@ -85,7 +95,7 @@ def run_job(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool 
                        results['distilled']['accuracy'], seed=config.seed,
                        environment=environment.describe(),
                        teacher=cfgs['teacher'].model.name, student=cfgs['student'].model.name,
-                       method=cfgs['distilled'].method)
+                       method=cfgs['distilled'].method, **corruption_errors(results))
     if jax.process_index() == 0:
       report.write(rep, workdir)
   print(report.to_markdown(rep), flush=True)

@@ -16,6 +16,7 @@ from clu import metric_writers, periodic_actions
 from flax import nnx
 
 from lkd_jax import checkpoints, lock, optim, rundir, sharding, xla_options
+from lkd_jax import evaluate as eval_lib
 from lkd_jax import teacher as teacher_lib
 from lkd_jax import data as data_lib
 from lkd_jax import models
@@ -138,20 +139,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if status.kind == 'finished':
     logging.info('%s already finished with this config: reading its %s.', workdir, rundir.FINAL_FILE)
     return status.result
+  layers.set_depthwise_impl(config.depthwise_impl)
+  conv.set_conv_impl(config.conv_impl)
+  layers.set_layer_norm_impl(config.layer_norm_impl)
   mesh = sharding.make_mesh()
   data = data_lib.build(config)
+  teacher = _load_teacher(config, workdir, mesh, data) if method.needs_teacher else None
   with lock.hold(workdir):
     if status.kind in ('replace', 'stale'):
       rundir.move_aside(workdir)
     rundir.write_config(config, workdir)
-    return _train(config, workdir, method, mesh, data)
+    return _train(config, workdir, method, mesh, data, teacher)
+
+
+def _load_teacher(config: ml_collections.ConfigDict, workdir: str, mesh: sharding.Mesh,
+                  data: data_lib.Dataset) -> tuple[Any, Any, dict[str, Any]]:
+  """(graphdef, state on the mesh, source) of the frozen teacher, checked on the eval split."""
+  graph, state, source = teacher_lib.load(config, workdir, config.num_classes)
+  state = sharding.put_replicated(state, mesh)
+  source['check'] = eval_lib.check_teacher(
+      graph, state, data.eval(), mesh, config.num_classes,
+      num_batches=config.teacher.check_batches, dtype=config.teacher.dtype,
+      min_accuracy=config.teacher.check_min_accuracy, what=f'The teacher {config.teacher.name}')
+  logging.info('Teacher check on the eval split: %s', source['check'])
+  return graph, state, source
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Method,
-           mesh: sharding.Mesh, data: data_lib.Dataset) -> dict[str, Any]:
-  layers.set_depthwise_impl(config.depthwise_impl)
-  conv.set_conv_impl(config.conv_impl)
-  layers.set_layer_norm_impl(config.layer_norm_impl)
+           mesh: sharding.Mesh, data: data_lib.Dataset,
+           teacher: tuple[Any, Any, dict[str, Any]] | None) -> dict[str, Any]:
   total_steps = _total_steps(config, data.num_train)
   steps_per_epoch = data.num_train / config.batch_size
   eval_every = config.eval_every
@@ -160,11 +176,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
 
   student = models.create(config.model.name, num_classes=config.num_classes, seed=config.seed,
                           **config.model.kwargs)
-  teacher_graph, teacher_state, teacher_source = None, None, None
-  if method.needs_teacher:
-    teacher_graph, teacher_state, teacher_source = teacher_lib.load(config, workdir,
-                                                                    config.num_classes)
-    teacher_state = sharding.put_replicated(teacher_state, mesh)
+  teacher_graph, teacher_state, teacher_source = teacher or (None, None, None)
   projector = None
   if method.needs_projector:  # FD projectors sized from eval_shape'd feature maps (no FLOPs).
     projector = methods.build_projector(
@@ -242,7 +254,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
   checkpoints.wait(mngr)
   result = do_eval(state)
   _check_final(result, mngr)
-  writer.write_scalars(total_steps, {f'eval/{k}': v for k, v in result.items()})
+  if config.evals:
+    result['evals'] = eval_lib.run_suite(
+        (graphs.student, state.params['student'], state.batch_stats, graphs.student_rest),
+        [s for s in config.evals.split('+') if s], config, mesh,
+        ema=None if state.ema is None else (state.ema['params'], state.ema['batch_stats']),
+        teacher=None if teacher_graph is None else (teacher_graph, teacher_state))
+  writer.write_scalars(total_steps, {f'eval/{k}': v for k, v in rundir.flatten(result).items()
+                                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
   writer.flush()
   mngr.close()
   result['step'] = total_steps

@@ -23,6 +23,8 @@ def tiny_job(arg: str = '', **overrides):
                       'teacher_num_train=32' + (',' + arg if arg else ''))
   c.eval_batch_size = 16
   c.log_every = 1
+  c.teacher.update(check_batches=1, check_min_accuracy=0.0)  # a 2-step teacher sits near chance
+  c.evals = ''  # the corruption suite has its own tests
   c.data.update(image_size=32, num_eval=32)
   c.update_from_flattened_dict(overrides)
   return c
@@ -218,3 +220,23 @@ def test_full_disk_is_one_line_and_keeps_the_complete_checkpoints(small_disk):
   last = int(errors[0].split('the last complete checkpoint, step ')[1].split(',')[0])
   assert checkpoints.latest_step(str(workdir / 'teacher' / 'checkpoints')) == last
   assert rundir.read_final(str(workdir / 'teacher')) is None
+
+
+def test_teacher_at_chance_stops_distillation_before_anything_is_written(finished_job, tmp_path):
+  run = os.path.join(finished_job[0], 'teacher')  # 2 steps: at chance on the glyph pairs
+  cfg = tiny_run_config(method='kd', **{'teacher.name': 'resnet_atto', 'teacher.checkpoint': run,
+                                        'teacher.check_batches': 2, 'teacher.check_min_accuracy': -1.0})
+  with pytest.raises(SetupError, match=r'The teacher resnet_atto scores .* it was loaded wrongly'):
+    train.train_and_evaluate(cfg, str(tmp_path / 'student'))
+  assert not (tmp_path / 'student').exists()
+
+
+def test_configured_evals_land_in_final_metrics(tmp_path):
+  import ml_collections
+  cfg = tiny_run_config(evals='synthetic+synthetic_c', total_steps=2)
+  cfg.eval_options = ml_collections.ConfigDict({'corruptions': ('contrast',), 'severities': (1, 5)})
+  final = train.train_and_evaluate(cfg, str(tmp_path / 'run'))
+  evals = rundir.read_final(str(tmp_path / 'run'))['evals']
+  assert evals == json.loads(json.dumps(final['evals']))
+  assert evals['raw']['synthetic']['top1'] == pytest.approx(final['accuracy'])
+  assert set(evals['raw']['synthetic_c']['error']) == {'contrast'}

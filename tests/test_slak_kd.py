@@ -67,6 +67,7 @@ def test_main_two_steps_on_mock_imagenet_with_tiny_models(tmp_path):
   ckpt = save_converted(teacher, tmp_path / 'teacher', {'model': 'slak_atto', 'num_classes': 1000})
   workdir = tmp_path / 'run'
   out = _main(f'teacher=slak_atto,student=resnet_atto,method=fd+nkd,teacher_ckpt={ckpt},mock=16,'
+              'teacher_check=0,'
               'steps=2,batch=8,eff_batch=16,image_size=64', str(workdir))
   assert out.returncode == 0, out.stderr[-3000:]
   assert 'host malloc tuned' in out.stderr  # JAX on CPU: lkd_jax/host_malloc.py applied first.
