@@ -123,6 +123,41 @@ def load_run_model(run_dir: str) -> tuple[nnx.Module, int]:
   return nnx.merge(graph, params, batch_stats, rest), step
 
 
+def load_model(checkpoint: str, name: str | None = None, num_classes: int = 1000, *,
+               inference_form: str = 'branches', **model_kw: Any
+               ) -> tuple[nnx.Module, dict[str, Any]]:
+  """Any checkpoint form as a model, and a record of what was loaded (for analysis tools).
+
+  A run directory gives its trained student at its latest checkpoint (`name`, if given, must be the
+  run's model; `num_classes` and `model_kw` come from the run's config); a converted directory or an
+  official .pth/.npz/.safetensors file is loaded into `name` built with `num_classes` and `model_kw`.
+  """
+  p = epath.Path(checkpoint)
+  if not p.exists():
+    raise SetupError(f'Checkpoint {checkpoint} does not exist: name an lkd_jax run directory, a '
+                     'converted directory (python -m lkd_jax.convert) or a .pth/.npz/.safetensors file.')
+  if is_run_dir(checkpoint):
+    run_model = (rundir.read_config(checkpoint) or {}).get('model', {}).get('name')
+    if name and name != run_model:
+      raise SetupError(f'Run {checkpoint} trained model {run_model!r}, not {name!r}; drop the model '
+                       'name or name that one.')
+    model, step = load_run_model(checkpoint)
+    record = {'kind': 'run', 'step': step, 'model': run_model, 'inference_form': inference_form}
+    return merge_large_kernels(model, inference_form), {'path': os.path.abspath(checkpoint), **record}
+  if not name:
+    raise SetupError(f'{checkpoint} is not an lkd_jax run directory: name its model '
+                     '(python -m lkd_jax.models --list).')
+  if p.is_file() and p.suffix.lower() not in CHECKPOINT_SUFFIXES:
+    raise SetupError(f'Checkpoint {checkpoint}: unknown file type {p.suffix!r}; want one of '
+                     f'{", ".join(CHECKPOINT_SUFFIXES)}, a converted directory or a run directory.')
+  from lkd_jax import convert
+  model = convert.load_teacher(checkpoint, name, num_classes, inference_form=inference_form,
+                               **model_kw)
+  record = {'kind': 'converted' if p.is_dir() else 'file', 'sha256': _sha256(checkpoint),
+            'model': name, 'inference_form': inference_form, 'model_kwargs': model_kw}
+  return model, {'path': os.path.abspath(checkpoint), **record}
+
+
 def _sha256(path: str) -> str:
   """Content hash of a checkpoint file, or of a converted directory's variables file."""
   p = epath.Path(path)
