@@ -1,0 +1,1 @@
+"""Analysis tools: effective receptive fields (erf), training curves (curves), their figures (plots)."""
