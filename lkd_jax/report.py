@@ -1,4 +1,5 @@
-"""Teacher / student / distilled comparison: Direct Gain and Effective Gain, as JSON and Markdown."""
+"""Teacher / student / distilled comparison: Direct Gain and Effective Gain, as JSON and Markdown;
+`--plot OUT.png DIR...`: training curves of run or job directories (lkd_jax/analysis/curves.py)."""
 from __future__ import annotations
 
 import json
@@ -80,8 +81,43 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
   return '\n'.join(lines) + '\n'
 
 
+USAGE = ('usage: python -m lkd_jax.report RUN_DIR_OR_REPORT_JSON [...]   (the table of job directories '
+         'holding report.json)\n       python -m lkd_jax.report --plot OUT.png RUN_OR_JOB_DIR [...]   '
+         '(training curves)')
+
+
+def plot(out: str, paths: list[str]) -> None:
+  """Writes the training curves of the run (or job) directories in `paths` to the PNG `out`."""
+  from lkd_jax.analysis import curves
+  try:
+    groups = curves.plot(paths, out)
+  except ValueError as e:
+    raise SystemExit(f'error: {e}\n{USAGE}') from None
+  for g in groups:
+    print(f'{g.label}: {", ".join(r.path for r in g.runs)}')
+  print(f'wrote {out}')
+
+
+def _plot_args(args: list[str]) -> tuple[str, list[str]] | None:
+  """(OUT, run dirs) of `--plot OUT DIR...` or `--plot=OUT DIR...`; None for the table form."""
+  flag, _, out = args[0].partition('=') if args else ('', '', '')
+  if flag != '--plot':
+    return None
+  rest = args[1:]
+  if not out and rest:
+    out, rest = rest[0], rest[1:]
+  if not out or not rest:
+    raise SystemExit(USAGE)
+  return out, rest
+
+
 def main(paths: list[str]) -> None:
-  """Prints the mean ± std summary of the report.json files (or run directories) in `paths`."""
+  """Prints the mean ± std summary of the report.json files (or job directories) in `paths`;
+  with `--plot OUT.png` first, plots the training curves of run or job directories instead."""
+  plot_args = _plot_args(paths)
+  if plot_args:
+    plot(*plot_args)
+    return
   reports = []
   for p in paths:
     path = epath.Path(p)
@@ -91,8 +127,7 @@ def main(paths: list[str]) -> None:
       continue
     reports.append(json.loads(path.read_text()))
   if not reports:
-    raise SystemExit('usage: python -m lkd_jax.report RUN_DIR_OR_REPORT_JSON [...] '
-                     '(job directories holding report.json)')
+    raise SystemExit(USAGE)
   print(summary_markdown(summarize(reports)), end='')
 
 
