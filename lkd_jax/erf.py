@@ -16,9 +16,10 @@ the same only at S = 1024) and OUT/erf.png (the normalised map, area ratios in t
 directory or an official file (with --model); without it, --model is randomly initialised.
 
 `--compare PATH...`: each PATH is an ERF output directory, or a run directory whose ERF is in
-RUN/erf (computed there first, from --images, when absent). Writes OUT (the maps side by side on one
-colour scale, titled teacher → student (method)) and beside it OUT's stem .json and .md (the table,
-also printed).
+RUN/erf (computed there first, from --images, when absent or with --recompute; a stored one that
+differs from a given --size, --images or --num_images is refused, never silently reused). Writes
+OUT (the maps side by side on one colour scale, titled teacher → student (method)) and beside it
+OUT's stem .json and .md (the table, also printed).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from lkd_jax.errors import SetupError
 
 NPY, JSON, PNG = 'erf.npy', 'erf.json', 'erf.png'
 DEFAULT_SIZE = 1024
+DEFAULT_NUM_IMAGES = 50  # the reference's default
 
 
 def _json_object(text: str) -> dict:
@@ -52,7 +54,8 @@ def _json_object(text: str) -> dict:
 
 def parser() -> argparse.ArgumentParser:
   """The CLI's arguments."""
-  p = argparse.ArgumentParser(prog='python -m lkd_jax.erf', description=__doc__.split('\n')[0],
+  p = argparse.ArgumentParser(prog='python -m lkd_jax.erf',
+                              description=' '.join(__doc__.split('\n\n')[0].split()),
                               formatter_class=argparse.RawDescriptionHelpFormatter,
                               epilog=__doc__.split('\n\n', 1)[1])
   p.add_argument('--compare', nargs='+', metavar='PATH', default=None,
@@ -68,10 +71,13 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument('--images', default=None,
                  help='folder of JPEG/PNG files, tfds:NAME[:SPLIT] or synthetic[:SPLIT]')
   p.add_argument('--data_dir', default=None, help='TFDS data_dir')
-  p.add_argument('--num_images', type=int, default=50, help='the first N images (default 50)')
+  p.add_argument('--num_images', type=int, default=None,
+                 help=f'the first N images (default {DEFAULT_NUM_IMAGES})')
   p.add_argument('--size', type=int, default=None, help=f'S: images resized to S x S (default {DEFAULT_SIZE})')
   p.add_argument('--batch_size', type=int, default=None, help='default: one image per device')
   p.add_argument('--out', default=None, help='output directory (one model) or PNG file (--compare)')
+  p.add_argument('--recompute', action='store_true',
+                 help='--compare: compute the ERF of each run directory anew (into RUN/erf)')
   return p
 
 
@@ -101,14 +107,14 @@ def compute_one(a: argparse.Namespace, out: str) -> dict[str, Any]:
   """Computes the ERF the arguments describe and writes erf.npy, erf.json and erf.png into `out`."""
   if not a.images:
     raise SetupError('Name the images: --images FOLDER, tfds:NAME[:SPLIT] or synthetic[:SPLIT].')
-  size = a.size or DEFAULT_SIZE
+  size, num_images = a.size or DEFAULT_SIZE, a.num_images or DEFAULT_NUM_IMAGES
   model, record = load(a)
-  images, num = erf_lib.image_source(a.images, a.num_images, a.data_dir)
+  images, num = erf_lib.image_source(a.images, num_images, a.data_dir)
   result = erf_lib.compute(model, images, num, size, batch_size=a.batch_size)
   areas = erf_lib.high_contribution_area(result.erf_map)
   info = {'label': _run_label(a.checkpoint, record), 'model': record.get('model'),
           'checkpoint': a.checkpoint, 'checkpoint_record': record, 'size': size,
-          'images': a.images, 'images_requested': a.num_images, 'images_used': result.used,
+          'images': a.images, 'images_requested': num_images, 'images_used': result.used,
           'images_skipped': result.skipped, 'feature': erf_lib.FEATURE, 'areas': areas}
   write_one(result.erf_map, info, out)
   return info
@@ -145,19 +151,29 @@ def read(erf_dir: str) -> tuple[np.ndarray, dict[str, Any]]:
   return np.load(os.path.join(erf_dir, NPY)), info
 
 
+def _differences(info: dict[str, Any], a: argparse.Namespace) -> list[str]:
+  """The requested settings (those given) that a stored erf.json was not computed with."""
+  asked = {'size': a.size, 'images': a.images, 'images_requested': a.num_images}
+  return [f'{k} {info.get(k)!r} (asked: {v!r})' for k, v in asked.items()
+          if v is not None and info.get(k) != v]
+
+
 def resolve(path: str, a: argparse.Namespace) -> tuple[np.ndarray, dict[str, Any]]:
-  """One --compare entry: its stored ERF (at --size if given), or computed into RUN/erf."""
+  """One --compare entry: its stored ERF (if it matches --size/--images/--num_images where given,
+  and --recompute is not set), or one computed into RUN/erf."""
   found = find(path)
-  if found:
+  is_run = teacher_lib.is_run_dir(path)
+  if found and not (a.recompute and is_run):
     erf_map, info = read(found)
-    if a.size is None or info['size'] == a.size:
-      if teacher_lib.is_run_dir(path):  # the run's own record names it, even for an older erf.json
-        info['label'] = runs.label(*runs.describe(path).key)
-      return erf_map, info
-    raise SetupError(f'{found} holds an ERF at S={info["size"]}, not --size {a.size}: compute one '
-                     f'with python -m lkd_jax.erf --checkpoint {path} --size {a.size} --out DIR '
-                     'and compare DIR, or drop --size.')
-  if not teacher_lib.is_run_dir(path):
+    differences = _differences(info, a)
+    if differences:
+      fix = ('pass --recompute to compute it anew into ' + os.path.join(path, 'erf') if is_run else
+             'drop those arguments or compute a matching one with python -m lkd_jax.erf')
+      raise SetupError(f'{found} holds an ERF with {", ".join(differences)}: {fix}.')
+    if is_run:  # the run's own record names it, even for an older erf.json
+      info['label'] = runs.label(*runs.describe(path).key)
+    return erf_map, info
+  if not is_run:
     raise SetupError(f'{path} holds no {NPY} + {JSON} (nor {path}/erf) and is not a run directory.')
   args = argparse.Namespace(**{**vars(a), 'checkpoint': path, 'model': None})
   out = os.path.join(path, 'erf')

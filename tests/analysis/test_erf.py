@@ -186,7 +186,9 @@ def test_cli_end_to_end_on_the_imagenet_sample(tmp_path, capsys, tiny_models):
   assert [r['label'] for r in rows] == ['resnet_atto', 'slak_atto → resnet_atto (kd)']
   assert '| slak_atto → resnet_atto (kd) | 32 |' in (tmp_path / 'figs' / 'compare.md').read_text()
   assert erf_cli.main(['--compare', str(out), '--size', '64', '--out', str(fig)]) == 1  # S differs
-  assert 'S=32' in capsys.readouterr().err
+  assert "size 32 (asked: 64)" in capsys.readouterr().err
+  assert erf_cli.main(['--compare', str(run), '--num_images', '9', '--out', str(fig)]) == 1
+  assert 'pass --recompute' in capsys.readouterr().err
 
 
 def test_tfds_images():
