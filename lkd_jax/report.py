@@ -1,5 +1,6 @@
 """Teacher / student / distilled comparison: Direct Gain and Effective Gain, as JSON and Markdown;
-`--plot OUT.png DIR...`: training curves of run or job directories (lkd_jax/analysis/curves.py)."""
+`--plot OUT.png DIR...`: training curves of run or job directories (lkd_jax/analysis/curves.py);
+`--robustness DIR...`: the robustness table of evaluated runs (lkd_jax/evaluate)."""
 from __future__ import annotations
 
 import json
@@ -83,7 +84,8 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
 
 USAGE = ('usage: python -m lkd_jax.report RUN_DIR_OR_REPORT_JSON [...]   (the table of job directories '
          'holding report.json)\n       python -m lkd_jax.report --plot OUT.png RUN_OR_JOB_DIR [...]   '
-         '(training curves)')
+         '(training curves)\n       python -m lkd_jax.report --robustness RUN_OR_JOB_DIR [...]   '
+         '(clean, corrupted and out-of-distribution accuracy, from eval/eval.json or final_metrics.json)')
 
 
 def plot(out: str, paths: list[str]) -> None:
@@ -111,12 +113,72 @@ def _plot_args(args: list[str]) -> tuple[str, list[str]] | None:
   return out, rest
 
 
+# The paper's robustness table (Table 7) and the embedded task's: (column, suite, metric, lower is better).
+ROBUSTNESS_COLUMNS = (
+    ('ImageNet top-1', 'imagenet', 'top1', False), ('IN-C mCE', 'imagenet_c', 'mce', True),
+    ('IN-C mean err', 'imagenet_c', 'mean_error', True), ('IN-A', 'imagenet_a', 'top1', False),
+    ('IN-R', 'imagenet_r', 'top1', False), ('Sketch', 'imagenet_sketch', 'top1', False),
+    ('V2', 'imagenet_v2', 'top1', False), ('ReaL', 'imagenet_real', 'real_top1', False),
+    ('embedded top-1', 'synthetic', 'top1', False),
+    ('embedded-C mean err', 'synthetic_c', 'mean_error', True))
+
+
+def eval_summary(run_dir: str) -> dict[str, Any] | None:
+  """A run's raw-weight evaluation summary: RUN/eval/eval.json (python -m lkd_jax.evaluate), else
+  the `evals` its training recorded in final_metrics.json; None when it has neither."""
+  path = epath.Path(run_dir) / 'eval' / 'eval.json'
+  if path.exists():
+    return json.loads(path.read_text())['weights']['raw']['summary']
+  final = epath.Path(run_dir) / 'final_metrics.json'
+  evals = json.loads(final.read_text()).get('evals') if final.exists() else None
+  return evals.get('raw') if evals else None
+
+
+def robustness_rows(paths: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
+  """(columns present, rows): per (teacher, student, method) the mean ± sample std over runs (seeds)
+  of each robustness metric, from run or job directories."""
+  from lkd_jax.analysis import runs
+  groups: dict[tuple, list[dict[str, Any]]] = {}
+  for run in runs.expand(paths):
+    summary = eval_summary(run)
+    if summary is None:
+      print(f'skipping {run}: no eval/eval.json and no evals in final_metrics.json',
+            file=sys.stderr)
+      continue
+    groups.setdefault(runs.describe(run).key, []).append(summary)
+  columns = [c for c in ROBUSTNESS_COLUMNS
+             if any(s.get(c[1], {}).get(c[2]) is not None for g in groups.values() for s in g)]
+  rows = []
+  for (teacher, student, method), summaries in groups.items():
+    row = {'run': f'{student} ← {teacher} ({method})' if teacher else f'{student} ({method})',
+           'runs': len(summaries)}
+    for name, suite, metric, _ in columns:
+      values = [s[suite][metric] for s in summaries if s.get(suite, {}).get(metric) is not None]
+      row[name] = _mean_std(values) if values else None
+    rows.append(row)
+  return [c[0] for c in columns], rows
+
+
+def robustness_markdown(columns: list[str], rows: list[dict[str, Any]]) -> str:
+  """The robustness table in %: rows student ← teacher (method), mean ± std over runs."""
+  cell = lambda ms: '-' if ms is None else f'{100 * ms[0]:.2f} ± {100 * ms[1]:.2f}'
+  lines = ['| run | runs | ' + ' | '.join(columns) + ' |', '|---|---|' + '---|' * len(columns)]
+  lines += [f"| {r['run']} | {r['runs']} | " + ' | '.join(cell(r[c]) for c in columns) + ' |'
+            for r in rows]
+  return '\n'.join(lines) + '\n'
+
+
 def main(paths: list[str]) -> None:
   """Prints the mean ± std summary of the report.json files (or job directories) in `paths`;
   with `--plot OUT.png` first, plots the training curves of run or job directories instead."""
   plot_args = _plot_args(paths)
   if plot_args:
     plot(*plot_args)
+    return
+  if paths[:1] == ['--robustness']:
+    if not paths[1:]:
+      raise SystemExit(USAGE)
+    print(robustness_markdown(*robustness_rows(paths[1:])), end='')
     return
   reports = []
   for p in paths:

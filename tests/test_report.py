@@ -86,3 +86,32 @@ def test_job_report_names_packages_and_host(tmp_path, monkeypatch):
   assert environment.cpu_isa() == 'avx2'
   monkeypatch.setattr(environment, '_cpuinfo', lambda key: 'avx2 avx512f avx512dq')
   assert environment.cpu_isa() == 'avx512f'
+
+
+def test_robustness_table_groups_seeds_and_reads_either_record(tmp_path, capsys):
+  def run(name, seed, summary, in_eval_json):
+    d = tmp_path / name
+    d.mkdir()
+    (d / 'config.json').write_text(json.dumps({
+        'model': {'name': 'resnet_atto'}, 'method': 'kd', 'seed': seed,
+        'teacher': {'name': 'slak_atto', 'checkpoint': 'stage:teacher'}}))
+    final = {'accuracy': summary['synthetic']['top1'], 'teacher': {'model': 'slak_atto'}}
+    if in_eval_json:
+      (d / 'eval').mkdir()
+      (d / 'eval' / 'eval.json').write_text(json.dumps({'weights': {'raw': {'summary': summary}}}))
+    else:
+      final['evals'] = {'raw': summary}
+    (d / 'final_metrics.json').write_text(json.dumps(final))
+    return str(d)
+
+  a = run('s0', 0, {'synthetic': {'top1': 0.8}, 'synthetic_c': {'mean_error': 0.5}}, True)
+  b = run('s1', 1, {'synthetic': {'top1': 0.6}, 'synthetic_c': {'mean_error': 0.7}}, False)
+  (tmp_path / 'bare').mkdir()
+  (tmp_path / 'bare' / 'config.json').write_text(json.dumps({'model': {'name': 'x'}}))
+  columns, rows = report.robustness_rows([a, b, str(tmp_path / 'bare')])
+  assert columns == ['embedded top-1', 'embedded-C mean err']
+  assert len(rows) == 1 and rows[0]['run'] == 'resnet_atto ← slak_atto (kd)' and rows[0]['runs'] == 2
+  assert rows[0]['embedded top-1'] == (pytest.approx(0.7), pytest.approx(0.02 ** 0.5))
+  report.main(['--robustness', a, b])
+  out = capsys.readouterr().out
+  assert '| resnet_atto ← slak_atto (kd) | 2 | 70.00 ± 14.14 | 60.00 ± 14.14 |' in out
