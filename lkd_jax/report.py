@@ -24,13 +24,15 @@ def build(teacher_acc: float, student_acc: float, distilled_acc: float, **extra:
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-  """A small Markdown table of a report (accuracies in %)."""
-  rows = [('teacher', report.get('teacher', ''), report['teacher_acc']),
-          ('student (CE)', report.get('student', ''), report['student_acc']),
-          (f"distilled ({report.get('method', '')})", report.get('student', ''),
-           report['distilled_acc'])]
-  lines = ['| run | model | top-1 (%) |', '|---|---|---|']
-  lines += [f'| {r} | {m} | {100 * a:.2f} |' for r, m, a in rows]
+  """A small Markdown table of a report (accuracies in %; the corrupted error when evaluated)."""
+  rows = [('teacher', 'teacher', report.get('teacher', '')),
+          ('student (CE)', 'student', report.get('student', '')),
+          (f"distilled ({report.get('method', '')})", 'distilled', report.get('student', ''))]
+  robust = all(f'{stage}_c_error' in report for _, stage, _ in rows)
+  lines = ['| run | model | top-1 (%) |' + (' corrupted error (%) |' if robust else ''),
+           '|---|---|---|' + ('---|' if robust else '')]
+  lines += [f"| {r} | {m} | {100 * report[f'{stage}_acc']:.2f} |" +
+            (f" {100 * report[f'{stage}_c_error']:.2f} |" if robust else '') for r, stage, m in rows]
   lines += ['', f"Direct Gain: {100 * report['direct_gain']:+.2f} points; "
             f"Effective Gain: {report['effective_gain']:+.4f} (seed {report.get('seed')})"]
   return '\n'.join(lines) + '\n'

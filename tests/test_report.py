@@ -115,3 +115,11 @@ def test_robustness_table_groups_seeds_and_reads_either_record(tmp_path, capsys)
   report.main(['--robustness', a, b])
   out = capsys.readouterr().out
   assert '| resnet_atto ← slak_atto (kd) | 2 | 70.00 ± 14.14 | 60.00 ± 14.14 |' in out
+
+
+def test_job_report_shows_the_corrupted_error_when_every_stage_has_one():
+  rep = report.build(0.9, 0.7, 0.75, seed=0, teacher='t', student='s', method='kd',
+                     teacher_c_error=0.4, student_c_error=0.6, distilled_c_error=0.55)
+  md = report.to_markdown(rep)
+  assert '| corrupted error (%) |' in md and '| distilled (kd) | s | 75.00 | 55.00 |' in md
+  assert 'corrupted' not in report.to_markdown(report.build(0.9, 0.7, 0.75, student_c_error=0.6))
