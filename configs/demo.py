@@ -36,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = a.batch
   c.eval_batch_size = 256
   c.log_every = 50
+  c.eval_every = 100  # eval top-1 curves (report --plot); evaluation never changes the training
   c.checkpoint_every = 200
   # XLA's conv, not the CPU matmul forms `auto` picks: they train resnet_atto faster (162-163 ->
   # 179-196 img/s) but slak_atto, 2,000 of the demo's 2,800 steps, slower (283-285 -> 258-270 img/s;
@@ -60,7 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.stages = ('teacher', 'student', 'distilled')
   c.stage_overrides = ml_collections.ConfigDict({
       'teacher': {'model': {'name': a.teacher, 'kwargs': TEACHER_KWARGS.get(a.teacher, {})},
-                  'method': 'ce', 'total_steps': a.teacher_steps,
+                  'method': 'ce', 'total_steps': a.teacher_steps, 'eval_every': 250,
                   'data': {'num_train': a.teacher_num_train}},
       'student': {'model': {'name': a.student}, 'method': 'ce', 'total_steps': a.steps},
       'distilled': {'model': {'name': a.student}, 'method': a.method, 'total_steps': a.steps,
