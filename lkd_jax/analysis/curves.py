@@ -15,7 +15,9 @@ import numpy as np
 from lkd_jax.analysis import runs
 
 EVAL_ACCURACY = 'eval/accuracy'
-TRAIN_LOSS = 'train/loss'
+# Every method's loss is its own; the cross-entropy with the batch's targets is comparable across
+# methods (each logs it, except nkd_lkkd, which has none).
+TRAIN_CE = 'train/ce'
 
 
 class Series(NamedTuple):
@@ -124,7 +126,7 @@ def common_steps_per_epoch(run_list: list[Run]) -> float | None:
 
 
 def plot(paths: list[str], out: str) -> list[Group]:
-  """Eval top-1 and train loss against step for the runs in `paths` (job dirs expand to their
+  """Eval top-1 and train cross-entropy against step for the runs in `paths` (job dirs expand to their
   stages), one line per group; writes the PNG `out` and returns the groups."""
   from lkd_jax.analysis import plots
   run_list = [read_run(p) for p in runs.expand(paths)]
@@ -132,6 +134,6 @@ def plot(paths: list[str], out: str) -> list[Group]:
     raise ValueError('no run directories to plot')
   groups = group(run_list)
   panels = [panel(groups, EVAL_ACCURACY, 'eval top-1', 'top-1 (%)', scale=100.0),
-            panel(groups, TRAIN_LOSS, 'train loss', 'loss')]
+            panel(groups, TRAIN_CE, 'train cross-entropy', 'CE')]
   plots.curves_figure(panels, out, epoch_axis=common_steps_per_epoch(run_list))
   return groups

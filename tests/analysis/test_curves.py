@@ -23,7 +23,7 @@ def write_run(path, *, student='resnet_atto', method='ce', teacher=None, seed=0,
   writer = metric_writers.create_default_writer(str(path))
   writer.write_hparams({'seed': seed})
   for s in steps:
-    writer.write_scalars(s, {'train/loss': 10.0 / s + loss_offset, 'train/lr': 0.1})
+    writer.write_scalars(s, {'train/loss': 10.0 / s + loss_offset, 'train/ce': 10.0 / s + loss_offset, 'train/lr': 0.1})
   for s in eval_steps:
     writer.write_scalars(s, {'eval/accuracy': s / 10 + acc_offset, 'eval/count': 40})
   writer.flush()
