@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from lkd_jax import cli
 from lkd_jax import teacher as teacher_lib
 from lkd_jax.analysis import erf as erf_lib
 from lkd_jax.analysis import plots, runs
@@ -40,16 +41,6 @@ NPY, JSON, PNG = 'erf.npy', 'erf.json', 'erf.png'
 DEFAULT_SIZE = 1024
 DEFAULT_NUM_IMAGES = 50  # the reference's default
 
-
-def _json_object(text: str) -> dict:
-  """argparse type: a JSON object."""
-  try:
-    value = json.loads(text)
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(f'not JSON ({e}): {text}') from None
-  if not isinstance(value, dict):
-    raise argparse.ArgumentTypeError(f'want a JSON object, got {text}')
-  return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -64,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument('--checkpoint', default=None,
                  help='run directory, converted directory or .pth/.npz/.safetensors file')
   p.add_argument('--num_classes', type=int, default=1000, help='for a converted dir or file')
-  p.add_argument('--model_kwargs', type=_json_object, default={},
+  p.add_argument('--model_kwargs', type=cli.json_object, default={},
                  help='model constructor arguments as JSON, for a converted dir, file or random init')
   p.add_argument('--inference_form', default='branches', help="SLaK: 'branches', 'merged', 'merged_decom'")
   p.add_argument('--seed', type=int, default=0, help='random initialisation without --checkpoint')

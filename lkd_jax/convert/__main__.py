@@ -9,24 +9,14 @@ mismatch, and writes DIR with variables.npz + model.json, which
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from lkd_jax import cli
 from lkd_jax.convert.readers import CONTAINER_KEYS
 from lkd_jax.convert.rules import ConversionError
 from lkd_jax.convert.teacher import load_teacher, save_converted
 from lkd_jax.errors import SetupError
 
-
-def _json_object(text: str) -> dict:
-  """argparse type: a JSON object."""
-  try:
-    value = json.loads(text)
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(f'not JSON ({e}): {text}') from None
-  if not isinstance(value, dict):
-    raise argparse.ArgumentTypeError(f'want a JSON object such as {{"kernel_size": [31, 29, 27, 13, 5]}}, got {text}')
-  return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument('--dst', required=True, help='output directory')
   p.add_argument('--num_classes', type=int, default=1000)
   p.add_argument('--key', default=None, help=f'container entry; default: first of {CONTAINER_KEYS} present')
-  p.add_argument('--model_kwargs', type=_json_object, default={},
+  p.add_argument('--model_kwargs', type=cli.json_object, default={},
                  help='model constructor arguments as JSON, e.g. \'{"kernel_size": [31, 29, 27, 13, 5]}\' '
                       'for the released SLaK-T-31 (the same as teacher.kwargs in a training config)')
   a = p.parse_args(argv)

@@ -13,26 +13,17 @@ for the embedded task, the suite and data from its config.json), a converted dir
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
+from lkd_jax import cli
 from lkd_jax.errors import SetupError
 
 
 def _csv(text: str) -> tuple[str, ...]:
   return tuple(s.strip() for s in text.split(',') if s.strip())
 
-
-def _json_object(text: str) -> dict:
-  try:
-    value = json.loads(text)
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(f'not JSON ({e}): {text}') from None
-  if not isinstance(value, dict):
-    raise argparse.ArgumentTypeError(f'want a JSON object such as {{"kernel_size": [31, 29, 27, 13, 5]}}, got {text}')
-  return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--checkpoint', required=True)
   p.add_argument('--model', default='', help='model name (needed unless --checkpoint is a run dir)')
-  p.add_argument('--model_kwargs', type=_json_object, default={})
+  p.add_argument('--model_kwargs', type=cli.json_object, default={})
   p.add_argument('--num_classes', type=int, default=1000)
   p.add_argument('--inference_form', default='branches', help='SLaK: branches | merged | merged_decom')
   p.add_argument('--suite', type=_csv, default=(),
@@ -52,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument('--weights', type=_csv, default=('raw', 'ema'), help='run dirs: raw, ema or both')
   p.add_argument('--teacher', default='', help='teacher model name: adds agreement and KL')
   p.add_argument('--teacher_checkpoint', default='')
-  p.add_argument('--teacher_kwargs', type=_json_object, default={})
+  p.add_argument('--teacher_kwargs', type=cli.json_object, default={})
   p.add_argument('--teacher_inference_form', default='branches')
   p.add_argument('--data_dir', default='')
   p.add_argument('--image_size', type=int, default=0, help='eval size S (default: the run\'s, else 224)')
