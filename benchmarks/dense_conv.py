@@ -3,13 +3,13 @@
     python benchmarks/dense_conv.py --json --out benchmarks/results/dense_conv_cpu.json
 
 Each case times forward and forward+backward (loss sum(y**2); gradients wrt input and kernel, or
-kernel only for the stems, whose input is the image) of `lkd_jax.models.conv` with impl `xla`
+kernel only for the stems, whose input is the image) of `lkd_jax.kernels.conv` in form `xla`
 (lax.conv_general_dilated) and `matmul` (pointwise / patchify 2-D matmul, or XLA conv with the
 im2col-by-rows kernel gradient), and of torch `nn.Conv2d` in NCHW and channels_last. `auto_form` is
-the form `auto` takes on this host (`matmul`'s on CPU, but `xla` for kxk convs on AVX-512 hosts).
-JAX jits take the library's compiler options (lkd_jax.xla_options). Calls alternate inside each
-repetition; times are medians in ms (224 px input). `ratio` = JAX auto fwd+bwd / torch NCHW
-fwd+bwd; `speedup` = JAX xla / JAX matmul fwd+bwd.
+the form `auto` takes on this host (kernels.resolve: `matmul`'s on CPU, but `xla` for kxk convs on
+AVX-512 hosts). JAX jits take the library's compiler options (lkd_jax/kernels/xla_options.py).
+Calls alternate inside each repetition; times are medians in ms (224 px input). `ratio` = JAX auto
+fwd+bwd / torch NCHW fwd+bwd; `speedup` = JAX xla / JAX matmul fwd+bwd.
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from depthwise import Timer, add_timer_args, torch_module_fns  # noqa: E402  (be
 from torch_side import add_torch_device_arg, torch, torch_device, torch_fields, use_all_cores  # noqa: E402
 from emit import add_output_args, device_fields, emit  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, jit  # noqa: E402
-from lkd_jax.models import conv  # noqa: E402
+from lkd_jax import kernels  # noqa: E402
+from lkd_jax.kernels import conv  # noqa: E402
 
 # (name, input hw, cin, cout, k, stride, pad): every distinct conv shape of ResNet-50 (torchvision
 # v1.5, stride on the 3x3) and ConvNeXt-T's patchify stem / downsampler.
@@ -73,6 +74,7 @@ def main(argv=None):
   use_all_cores()
   device = torch_device(a.torch_device)
   rng = np.random.default_rng(0)
+  auto_impl = kernels.resolve({}, jax.default_backend()).conv
   rows = []
   for name, hw, ci, co, k, s, pad in CASES:
     if a.only and name not in a.only.split(','):
@@ -89,11 +91,11 @@ def main(argv=None):
         fns[f'torch_{tag}_fwd'], fns[f'torch_{tag}_fwd_bwd'] = torch_fns(xn, wn, s, pad, cl, grad_x, device)
     t0 = time.perf_counter()
     res = Timer(fns, a.budget, a.min_reps, a.max_reps).run()
-    form = lambda impl: conv.conv_form(x.shape, w.shape, (s, s), ((pad, pad),) * 2, impl=impl)
-    auto = 'xla' if form('auto') == 'xla' else 'matmul'  # the column `auto` runs on this host.
+    form = lambda impl: conv.conv_form(x.shape, w.shape, (s, s), ((pad, pad),) * 2, impl)
+    auto = 'xla' if form(auto_impl) == 'xla' else 'matmul'  # the column `auto` runs on this host.
     row = dict(case=name, hw=hw, cin=ci, cout=co, kernel=k, stride=s, batch=a.batch,
                grads='input+kernel' if grad_x else 'kernel', matmul_form=form('matmul'),
-               auto_form=form('auto'),
+               auto_form=form(auto_impl),
                **{k_: (round(v, 2) if k_ != 'reps' else v) for k_, v in res.items()},
                wall_s=round(time.perf_counter() - t0, 2))
     row['speedup'] = round(res['jax_xla_fwd_bwd'] / res['jax_matmul_fwd_bwd'], 2)

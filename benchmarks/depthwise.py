@@ -1,11 +1,12 @@
 """Depthwise convolution, JAX vs PyTorch, at SLaK-T's stage shapes (224 px input).
 
     python benchmarks/depthwise.py --json --out benchmarks/results/depthwise_cpu.json
-    python benchmarks/depthwise.py --json --batches 1 --impls shift,fft,fft1d,toeplitz   # impl sweep
+    python benchmarks/depthwise.py --json --batches 1 --impls shift,shift_cb,fft,toeplitz   # form sweep
 
 Each case times forward and forward+backward (loss sum(y**2), gradients wrt input and kernel) of the
-JAX implementation picked by `auto` (plus any --impls), and of torch `nn.Conv2d(groups=C)` in NCHW
-(PyTorch's default layout and the one SLaK's code uses) and channels_last. JAX and torch take turns
+JAX form picked by `auto` (plus any --impls; lkd_jax/kernels/depthwise.py), and of torch
+`nn.Conv2d(groups=C)` in NCHW (PyTorch's default layout and the one SLaK's code uses) and
+channels_last. JAX and torch take turns
 inside each repetition, so machine load hits both alike, each turn timing its second call
 (benchmarks/timing.py); times are medians in ms. The process runs with --host-malloc (default
 auto: tuned on CPU).
@@ -28,7 +29,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
-from lkd_jax.models import depthwise as dw  # noqa: E402
+from lkd_jax import kernels  # noqa: E402
+from lkd_jax.kernels import depthwise as dw  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, jit, medians, time_interleaved  # noqa: E402
 from torch_side import add_torch_device_arg, synced, torch, torch_device, torch_fields, use_all_cores  # noqa: E402
 
@@ -73,10 +75,15 @@ def case_kernels(cs: dict) -> list[tuple[int, int]]:
   return [(kh, kw), (kw, kh), (5, 5)] if cs['kind'] == 'slak_unit' else [(kh, kw)]
 
 
+def forms(impl: str) -> kernels.Kernels:
+  """Kernels with depthwise form `impl` ('auto', a form or a pair), as a run here resolves it."""
+  return kernels.resolve({'depthwise_impl': impl}, jax.default_backend())
+
+
 def jax_fns(x, ks, impl):
   """(forward, forward+backward) of the sum of depthwise convs of `x` with each kernel in `ks`;
-  `impl` is one impl for all, or one per kernel joined by '+' (as the `auto` label names them)."""
-  impls = impl.split('+') if '+' in impl else [impl] * len(ks)
+  `impl` is one form for all, or one per kernel joined by '+' (as the `auto` label names them)."""
+  impls = [forms(i) for i in (impl.split('+') if '+' in impl else [impl] * len(ks))]
   conv = lambda x, ks: sum(dw.depthwise_conv(x, k, i) for k, i in zip(ks, impls, strict=True))
   fwd = jit(conv)
   grad = jit(jax.grad(lambda x, ks: jnp.sum(jnp.square(conv(x, ks))), (0, 1)))
@@ -127,8 +134,8 @@ def main(argv=None):
   add_output_args(p)
   p.add_argument('--batches', default='1,8')
   p.add_argument('--impls', default='',
-                 help="extra JAX impls to time besides auto, comma-separated; for slak_unit one per "
-                 "conv may be joined by '+', e.g. fft1d/toeplitz+fft1d/toeplitz+shift")
+                 help="extra JAX forms to time besides auto, comma-separated; for slak_unit one per "
+                 "conv may be joined by '+', e.g. shift_cb/toeplitz+shift_cb/toeplitz+shift")
   p.add_argument('--kinds', default='',
                  help='only these case kinds (Kx5,5xK,5x5,merged,slak_unit,convnext_7x7)')
   p.add_argument('--stages', default='', help='only these stages, e.g. 1,3')
@@ -155,7 +162,7 @@ def main(argv=None):
              for i, j in case_kernels(cs)]
       x, ks = jnp.asarray(xn), [jnp.asarray(k_) for k_ in kns]
       # 'auto' itself runs (per conv); the label names what it picked for each.
-      auto = '+'.join(dw.pick_auto(x.shape, k_.shape) for k_ in ks)
+      auto = '+'.join(dw.pick_auto(x.shape, k_.shape, jax.default_backend()) for k_ in ks)
       fns = {}
       for impl in ['auto'] + [i for i in extra if i != auto]:
         f, g = jax_fns(x, ks, impl)
@@ -182,7 +189,8 @@ def main(argv=None):
           with torch.no_grad():
             yt = _Sum([torch_conv(k_) for k_ in kns])(torch.from_numpy(
                 np.ascontiguousarray(xn.transpose(0, 3, 1, 2)))).numpy()
-          yj = np.asarray(sum(dw.depthwise_conv(x, k_) for k_ in ks)).transpose(0, 3, 1, 2)
+          yj = sum(dw.depthwise_conv(x, k_, forms('auto')) for k_ in ks)
+          yj = np.asarray(yj).transpose(0, 3, 1, 2)
           row['max_rel_err_vs_torch'] = float(np.abs(yj - yt).max() / np.abs(yt).max())
       rows.append(row)
       print(f"# s{cs['stage']} {hw}x{hw}x{c} {kh}x{kw} b{b} auto={auto}: "

@@ -35,7 +35,7 @@ def device_fields() -> dict[str, Any]:
   """`device` (JAX's first device, and the host CPU model and core count), `gpu_note` and the
   `xla_compiler_options` every jit of the run used, for a result."""
   import jax  # the input-pipeline benchmark imports this module without needing jax's devices.
-  from lkd_jax import xla_options
+  from lkd_jax.kernels import xla_options
   d = jax.devices()[0]
   return dict(device=f'{d.device_kind} ({jax.default_backend()}); host {cpu_model()} '
                      f'({cpu_isa()}), {os.cpu_count()} cores',

@@ -15,6 +15,7 @@ on benchmarks/kd_step.py's PyTorch models. Timed interleaved (benchmarks/timing.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
 from lkd_jax import sharding  # noqa: E402
 from lkd_jax.analysis import erf  # noqa: E402
-from lkd_jax.models import depthwise as dw  # noqa: E402
+from lkd_jax import kernels  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, time_interleaved  # noqa: E402
 
@@ -103,10 +104,11 @@ def main(argv=None):
   device = torch_device(a.torch_device)
   batch = a.batch or jax.device_count()
   x = images(a.images, batch, a.size)
+  chosen = kernels.resolve({}, jax.default_backend())  # the forms a run computes with here.
   rows, notes = [], []
   for name in a.models.split(','):
     t0 = time.perf_counter()
-    model = registry.create(name, num_classes=1000, seed=0)
+    model = registry.create(name, num_classes=1000, seed=0, kernels=chosen)
     t1 = time.perf_counter()
     fns = {'jax': jax_erf(model, x)}
     init_s, compile_s = round(t1 - t0, 1), round(time.perf_counter() - t1, 1)
@@ -126,7 +128,8 @@ def main(argv=None):
   emit(dict(benchmark='erf', **device_fields(), jax=jax.__version__, **torch_fields(device),
             notes=notes, images=os.path.relpath(a.images) if os.path.isdir(a.images) else a.images,
             weights='random init (seed 0); the cost does not depend on the values',
-            depthwise_impl=dw.get_depthwise_impl(), host_malloc=host_malloc,
+            depthwise_impl=chosen.depthwise, kernels=dataclasses.asdict(chosen),
+            host_malloc=host_malloc,
             units='seconds per image (median, and min)', cases=rows), a.out, a.json)
 
 

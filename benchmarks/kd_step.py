@@ -15,7 +15,7 @@ the step, the student's part alone (the same step fed teacher logits computed be
 and SLaK-T forward / ConvNeXt-T forward. Images/s = batch / median step time; each turn
 times its second call (benchmarks/timing.py); `*_minor_faults` counts one more step's page faults.
 The whole process, PyTorch included, runs with --host-malloc (default `auto`: `tuned` where JAX
-runs on CPU, as lkd_jax.main does: lkd_jax/host_malloc.py; `system` keeps glibc's defaults).
+runs on CPU, as lkd_jax.main does: lkd_jax/kernels/host_malloc.py; `system` keeps glibc's defaults).
 Several --pairs run each in a fresh process of this script (--same-process: all in this one): with
 the tuned malloc, a JAX program run after a bigger one was freed ran up to 21% slower
 (benchmarks/README.md, Fused KD step). --pairs are registered lkd_jax models; PyTorch equivalents
@@ -56,9 +56,8 @@ from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
-from lkd_jax.models import conv  # noqa: E402
-from lkd_jax.models import depthwise as dw  # noqa: E402
-from lkd_jax.models import layers  # noqa: E402
+from lkd_jax import kernels  # noqa: E402
+from lkd_jax.kernels import depthwise as dw  # noqa: E402
 from lkd_jax.models import macs  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
 from lkd_jax.models import slak  # noqa: E402
@@ -77,8 +76,7 @@ T, ALPHA = 3.0, 0.1
 
 def dense_gmacs(name: str, size: int) -> float:
   """Dense forward GMACs per image of registered model `name` at size^2 (built abstractly)."""
-  model = nnx.eval_shape(lambda: registry.create(name, num_classes=NUM_CLASSES))
-  return macs.count_macs(model, size) / 1e9
+  return macs.count_macs(name, size, num_classes=NUM_CLASSES) / 1e9
 
 
 # ----------------------------------------------------------------------------------------- JAX
@@ -89,10 +87,11 @@ def kd_loss_jax(s_logits, t_logits, labels):
   return (1 - ALPHA) * ce + ALPHA * kl * T * T
 
 
-def build_jax(teacher_name, student_name, teacher_form='branches', teacher_dtype='float32'):
-  teacher = slak.merge_large_kernels(registry.create(teacher_name, num_classes=NUM_CLASSES, seed=0),
-                                     teacher_form)
-  student = registry.create(student_name, num_classes=NUM_CLASSES, seed=1)
+def build_jax(teacher_name, student_name, teacher_form='branches', teacher_dtype='float32',
+              chosen=kernels.Kernels()):
+  teacher = slak.merge_large_kernels(
+      registry.create(teacher_name, num_classes=NUM_CLASSES, seed=0, kernels=chosen), teacher_form)
+  student = registry.create(student_name, num_classes=NUM_CLASSES, seed=1, kernels=chosen)
   t_graph, t_state = nnx.split(teacher)
   t_state = cast_floats(t_state, jnp.dtype(teacher_dtype))
   s_graph, s_params, s_stats, s_rest = nnx.split(student, nnx.Param, nnx.BatchStat, ...)
@@ -273,8 +272,9 @@ def main(argv=None):
   p.add_argument('--reps', type=int, default=3)
   p.add_argument('--pairs', default='slak_t:resnet50,convnext_t:resnet50')
   p.add_argument('--torch-layout', default='nchw', choices=['nchw', 'channels_last'])
-  p.add_argument('--conv-impl', default='auto', choices=conv.CONV_IMPLS, help='dense convs')
-  p.add_argument('--layer-norm-impl', default='auto', choices=layers.LAYER_NORM_IMPLS,
+  p.add_argument('--conv-impl', default='auto', choices=('auto',) + kernels.CONV_FORMS,
+                 help='dense convs')
+  p.add_argument('--layer-norm-impl', default='auto', choices=('auto',) + kernels.LAYER_NORM_FORMS,
                  help='LayerNorm statistics')
   p.add_argument('--peak-tflops', type=float, default=None, help='dense peak for MFU (accelerators)')
   p.add_argument('--jax-only', action='store_true', help='skip the PyTorch side even if torch is installed')
@@ -309,10 +309,10 @@ def main(argv=None):
   if a.teacher_dtype == 'auto':
     a.teacher_dtype = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
   a.torch_device = torch_device(a.torch_device) if use_torch else None
-  conv.set_conv_impl(a.conv_impl)
-  layers.set_layer_norm_impl(a.layer_norm_impl)
-  rows, notes = _time_pairs(a, pairs, use_torch)
-  _emit_result(a, rows, notes, host_malloc)
+  chosen = kernels.resolve({'conv_impl': a.conv_impl, 'layer_norm_impl': a.layer_norm_impl},
+                           jax.default_backend())
+  rows, notes = _time_pairs(a, pairs, use_torch, chosen)
+  _emit_result(a, rows, notes, host_malloc, chosen)
 
 
 def _result_of_own_processes(argv: list[str], pairs: list[str]) -> dict:
@@ -333,8 +333,10 @@ def _result_of_own_processes(argv: list[str], pairs: list[str]) -> dict:
   return dict(first, pairs_in='a process each', notes=notes, summary=_summary(rows), cases=rows)
 
 
-def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool) -> tuple[list[dict], list[str]]:
-  """One result row per teacher:student pair, all timed in this process; and notes."""
+def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool, chosen: kernels.Kernels
+                ) -> tuple[list[dict], list[str]]:
+  """One result row per teacher:student pair, both models computing with `chosen`, all timed in
+  this process; and notes."""
   use_all_cores()
   rng = np.random.default_rng(0)
   xn = rng.standard_normal((a.batch, a.size, a.size, 3), dtype=np.float32)
@@ -352,7 +354,7 @@ def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool) -> tup
     if use_torch and not pair_torch:
       notes.append(no_torch_model_note(pair))
     t0 = time.perf_counter()
-    j_step, j_tfwd, j_student = build_jax(tname, sname, a.teacher_form, a.teacher_dtype)
+    j_step, j_tfwd, j_student = build_jax(tname, sname, a.teacher_form, a.teacher_dtype, chosen)
     j_step(x, labels)
     j_logits = j_tfwd(x)
     compile_s = time.perf_counter() - t0
@@ -377,7 +379,8 @@ def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool) -> tup
                jax_step_minus_parts_s=round(res['jax_step'] - res['jax_teacher_fwd']
                                             - res['jax_student_step'], 4),
                teacher_depthwise_impls=sorted({
-                   dw.pick_auto((a.batch, a.size // 4 >> i, a.size // 4 >> i, 1), shape)
+                   dw.pick_auto((a.batch, a.size // 4 >> i, a.size // 4 >> i, 1), shape,
+                                chosen.platform)
                    for i, k in enumerate((51, 49, 47, 13)) for shape in ((k, 5, 1), (5, k, 1))})
                if tname == 'slak_t' else None,
                gflop_per_image=gflop_step, **faults)
@@ -406,7 +409,8 @@ def _summary(rows: list[dict]) -> dict[str, float]:
   return summary
 
 
-def _emit_result(a: argparse.Namespace, rows: list[dict], notes: list[str], host_malloc: str) -> None:
+def _emit_result(a: argparse.Namespace, rows: list[dict], notes: list[str], host_malloc: str,
+                 chosen: kernels.Kernels) -> None:
   """The result JSON of `rows` timed in this process, as --out / --json ask."""
   out = dict(benchmark='kd_step', **device_fields(),
              jax=jax.__version__,
@@ -414,8 +418,8 @@ def _emit_result(a: argparse.Namespace, rows: list[dict], notes: list[str], host
              pairs_in='this process',
              torch_layout=a.torch_layout, teacher_dtype=a.teacher_dtype,
              teacher_form=a.teacher_form,
-             torch_teacher_form=a.torch_teacher_form, depthwise_impl=dw.get_depthwise_impl(),
-             conv_impl=conv.get_conv_impl(), layer_norm_impl=layers.get_layer_norm_impl(),
+             torch_teacher_form=a.torch_teacher_form, depthwise_impl=chosen.depthwise,
+             conv_impl=chosen.conv, layer_norm_impl=chosen.layer_norm,
              host_malloc=host_malloc,
              jax_step_note='equivalent fused step built in this script (teacher eval fwd under '
              'stop_gradient + student train fwd/bwd + KD loss + AdamW, one jax.jit, student donated)',

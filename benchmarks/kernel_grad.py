@@ -2,10 +2,10 @@
 
     python benchmarks/kernel_grad.py --json --out benchmarks/results/kernel_grad_cpu.json
 
-Variants (lkd_jax/models/depthwise.py's KERNEL_GRAD_FORM and MATERIALIZE, set before each compile):
-`before` = the rule up to 1687086 (the FFT correlation for >= 49 taps, else a row-block loop, removed
-after 77fd383) and no materialized outputs; `fft`, `tree` = that kernel gradient for every kernel,
-outputs materialized; `auto` = the library's rule (`kernel_grad_form`).
+Variants (the `kernel_grad` and `materialize` of the model's kernels.DepthwiseOptions; the rest of
+its forms as `auto` resolves them on this platform): `before` = the FFT correlation kernel gradient
+and no materialized outputs (the earlier rule for >= 49 taps); `fft`, `tree` = that kernel gradient
+for every kernel, outputs materialized; `auto` = the library's rule (`kernel_grad_form`).
 Timed: the gradient w.r.t. the parameters of each `--models` entry in train mode at 224 px (loss =
 mean log-softmax of class 0; --size to change it), all variants interleaved (benchmarks/timing.py). Medians and minima in
 ms; `speedup` = before / each variant, by median.
@@ -13,6 +13,7 @@ ms; `speedup` = before / each variant, by median.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -22,24 +23,23 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
-from lkd_jax.models import depthwise as dw  # noqa: E402
+from lkd_jax import kernels  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, compiled_train_grad, time_interleaved  # noqa: E402
 
-# variant: (KERNEL_GRAD_FORM, MATERIALIZE); ConvNeXt's kernels are all 7x7 (49 taps: 'fft' before).
+# variant: (kernel_grad, materialize); ConvNeXt's kernels are all 7x7 (49 taps: 'fft' before).
 VARIANTS = {'before': ('fft', False), 'fft': ('fft', True), 'tree': ('tree', True),
             'auto': ('auto', True)}
 
 
 def _grad_fn(name: str, batch: int, size: int, variant: str):
-  """A blocking call of `name`'s parameter gradient (train mode), compiled under `variant`."""
+  """A blocking call of `name`'s parameter gradient (train mode), built with `variant`'s options."""
   x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, size, size, 3)), jnp.float32)
-  saved = dw.KERNEL_GRAD_FORM, dw.MATERIALIZE
-  dw.KERNEL_GRAD_FORM, dw.MATERIALIZE = VARIANTS[variant]
-  try:
-    return compiled_train_grad(registry.create(name, num_classes=1000, seed=0), x)
-  finally:
-    dw.KERNEL_GRAD_FORM, dw.MATERIALIZE = saved
+  grad, materialize = VARIANTS[variant]
+  chosen = dataclasses.replace(
+      kernels.resolve({}, jax.default_backend()),
+      depthwise_options=kernels.DepthwiseOptions(kernel_grad=grad, materialize=materialize))
+  return compiled_train_grad(registry.create(name, num_classes=1000, seed=0, kernels=chosen), x)
 
 
 def main(argv=None):

@@ -23,7 +23,7 @@ from depthwise import Timer, add_timer_args, torch_module_fns  # noqa: E402  (be
 from torch_side import add_torch_device_arg, torch, torch_device, torch_fields, use_all_cores  # noqa: E402
 from emit import add_output_args, device_fields, emit  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, jit  # noqa: E402
-from lkd_jax.models import pool  # noqa: E402
+from lkd_jax.kernels import pool  # noqa: E402
 
 
 def reduce_window_pool(x: jax.Array) -> jax.Array:

@@ -3,10 +3,11 @@ and the depthwise convolutions' share of it, JAX vs PyTorch.
 
     python benchmarks/teacher_forward.py --json --out benchmarks/results/teacher_forward_cpu.json
 
-`auto` may pair two depthwise forms, 'inference/training' (lkd_jax/models/depthwise.py): a call no
-gradient flows through (the frozen teacher in the KD step) runs the first. Variants, each compiled
-once and timed interleaved (benchmarks/timing.py: every repetition gives each a turn, so machine
-load hits them alike):
+`auto` may pair two depthwise forms, 'inference/training' (lkd_jax/kernels/depthwise.py): a call no
+gradient flows through (the frozen teacher in the KD step) runs the first. Every model computes with
+the forms `auto` resolves to on this platform (kernels.resolve; the result's `kernels`). Variants,
+each compiled once and timed interleaved (benchmarks/timing.py: every repetition gives each a turn,
+so machine load hits them alike):
 - `inference`: the plain jitted eval forward, as the KD step runs the teacher;
 - `training_forms`: the same forward traced under `jax.vjp` w.r.t. the input, the VJP dropped, so
   every depthwise conv runs its training form's forward (what `auto` ran before the pairs);
@@ -17,7 +18,7 @@ load hits them alike):
   BatchNorm / bias, branch sum and the rest of the block kept), so `depthwise_ms` = inference -
   without_depthwise is what the depthwise convolutions cost inside the model;
 - `merged_decom_bands_N` (SLaK only, `--shift-cb-bands N,...`): `merged_decom` with `shift_cb`'s
-  long kernels cut into N bands of output rows (depthwise.SHIFT_CB_BANDS) instead of the default;
+  long kernels cut into N bands of output rows (kernels.DepthwiseOptions.bands) instead of the default;
 - `torch_inference` / `torch_without_depthwise` (when torch is installed): benchmarks/kd_step.py's
   PyTorch teacher (NCHW, no_grad, eval), and the same with every grouped Conv2d replaced by
   nn.Identity (ConvNeXt's depthwise bias goes with it).
@@ -27,12 +28,11 @@ variant's trace, compile and first call.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import sys
 import time
-from typing import Any, Callable
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -41,10 +41,9 @@ from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
-from lkd_jax.models import depthwise as dw  # noqa: E402
-from lkd_jax.models import registry  # noqa: E402
+from lkd_jax import kernels  # noqa: E402
+from lkd_jax.models import layers, registry  # noqa: E402
 from lkd_jax.models.slak import merge_large_kernels  # noqa: E402
-from lkd_jax.models import layers  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, compiled_forward, time_interleaved  # noqa: E402
 
 from torch_side import (add_torch_device_arg, leave_gpu_memory_for_torch, synced, torch,  # noqa: E402
@@ -54,16 +53,30 @@ if torch is not None:
   from kd_step import TORCH_MODELS, no_torch_model_note  # noqa: E402  (benchmarks/kd_step.py: the same PyTorch teachers)
 
 
-def without_depthwise(model, x):
-  """`compiled_forward` with layers.depthwise_conv traced as the identity."""
-  with mock.patch.object(layers, 'depthwise_conv', lambda x, kernel, impl=None: x):
-    return compiled_forward(model, x)
+class BiasOnly(nnx.Module):
+  """A DepthwiseConv without its convolution: the input plus the conv's bias, if any."""
+
+  def __init__(self, conv: layers.DepthwiseConv):
+    self.bias = conv.bias
+
+  def __call__(self, x):
+    return x if self.bias is None else x + self.bias[...]
 
 
-def with_bands(bands: int, build: Callable[[], Callable[[], Any]]) -> Callable[[], Any]:
-  """`build()` traced and compiled with depthwise.SHIFT_CB_BANDS = `bands`."""
-  with mock.patch.object(dw, 'SHIFT_CB_BANDS', bands):
-    return build()
+def without_depthwise(model: nnx.Module) -> nnx.Module:
+  """A copy of `model` whose depthwise convolutions are the identity (their biases kept)."""
+  model = nnx.clone(model)
+  for _, parent in list(nnx.iter_modules(model)):
+    for name, child in list(vars(parent).items()):
+      if isinstance(child, layers.DepthwiseConv):
+        setattr(parent, name, BiasOnly(child))
+  return model
+
+
+def with_bands(chosen: kernels.Kernels, bands: int) -> kernels.Kernels:
+  """`chosen` with `shift_cb`'s long kernels in `bands` bands of output rows."""
+  options = dataclasses.replace(chosen.depthwise_options, bands=bands)
+  return dataclasses.replace(chosen, depthwise_options=options)
 
 
 def torch_forwards(name, x, device: str = 'cpu'):
@@ -101,9 +114,10 @@ def main(argv=None):
   use_all_cores()
   device = torch_device(a.torch_device)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((a.batch, a.size, a.size, 3)), jnp.float32)
+  chosen = kernels.resolve({}, jax.default_backend())
   rows, notes = [], []
   for name in a.models.split(','):
-    model = registry.create(name, num_classes=1000, seed=0)
+    model = registry.create(name, num_classes=1000, seed=0, kernels=chosen)
     if torch is not None and name not in TORCH_MODELS:
       notes.append(no_torch_model_note(name))
     builds = {'training_forms': functools.partial(compiled_forward, model, x, True),
@@ -111,9 +125,11 @@ def main(argv=None):
     if name.startswith('slak'):
       for form in ('merged', 'merged_decom'):
         builds[form] = functools.partial(compiled_forward, merge_large_kernels(nnx.clone(model), form), x)
-      for n in a.shift_cb_bands:
-        builds[f'merged_decom_bands_{n}'] = functools.partial(with_bands, n, builds['merged_decom'])
-    builds['without_depthwise'] = functools.partial(without_depthwise, model, x)
+      for n in a.shift_cb_bands:  # the same weights (seed 0), built with `n` bands.
+        banded = registry.create(name, num_classes=1000, seed=0, kernels=with_bands(chosen, n))
+        builds[f'merged_decom_bands_{n}'] = functools.partial(
+            compiled_forward, merge_large_kernels(banded, 'merged_decom'), x)
+    builds['without_depthwise'] = functools.partial(compiled_forward, without_depthwise(model), x)
     fns, compile_s = {}, {}
     for k, build in builds.items():
       t0 = time.perf_counter()
@@ -136,7 +152,8 @@ def main(argv=None):
     print('#', row, file=sys.stderr, flush=True)
   emit(dict(benchmark='teacher_forward', **device_fields(), jax=jax.__version__,
             **torch_fields(device), notes=notes,
-            depthwise_impl=dw.get_depthwise_impl(), host_malloc=host_malloc,
+            depthwise_impl=chosen.depthwise, kernels=dataclasses.asdict(chosen),
+            host_malloc=host_malloc,
             units='ms per forward (median, and min)', cases=rows), a.out, a.json)
 
 

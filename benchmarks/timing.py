@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lkd_jax.xla_options import jit  # the library's jit; the scripts import it from here too.
-from lkd_jax.host_malloc import HOST_MALLOC_MODES, tune_host_malloc
+from lkd_jax.kernels.xla_options import jit  # the library's jit; the scripts import it from here too.
+from lkd_jax.kernels.host_malloc import HOST_MALLOC_MODES, tune_host_malloc
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int, budget_s: float = math.inf,
@@ -41,8 +41,8 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int, budget_s: flo
 
 
 def compiled_forward(model: nnx.Module, x: jax.Array, under_vjp: bool = False) -> Callable[[], Any]:
-  """A blocking call of `model`'s jitted eval forward on `x`, compiled now (under the impl switches
-  set now); with `under_vjp`, traced under jax.vjp w.r.t. `x` and the VJP dropped."""
+  """A blocking call of `model`'s jitted eval forward on `x` (in the forms it was built with),
+  compiled now; with `under_vjp`, traced under jax.vjp w.r.t. `x` and the VJP dropped."""
   graph, state = nnx.split(model)
   fwd = lambda s, x: nnx.merge(graph, s)(x, train=False)[0]
   fn = jit((lambda s, x: jax.vjp(lambda x: fwd(s, x), x)[0]) if under_vjp else fwd)
@@ -52,7 +52,7 @@ def compiled_forward(model: nnx.Module, x: jax.Array, under_vjp: bool = False) -
 
 def compiled_train_grad(model: nnx.Module, x: jax.Array) -> Callable[[], Any]:
   """A blocking call of the jitted gradient w.r.t. `model`'s parameters in train mode (loss = mean
-  log-softmax of class 0), compiled now (under the impl switches set now)."""
+  log-softmax of class 0, in the forms it was built with), compiled now."""
   graph, params, rest = nnx.split(model, nnx.Param, ...)
 
   def loss(p):
@@ -72,7 +72,7 @@ def add_host_malloc_arg(p: argparse.ArgumentParser) -> None:
   """--host-malloc, as `apply_host_malloc` takes it."""
   p.add_argument('--host-malloc', default='auto', choices=HOST_MALLOC_MODES,
                  help="glibc malloc kept warm for the whole process, PyTorch's side included "
-                 "(lkd_jax/host_malloc.py); 'auto' = 'tuned' where JAX runs on CPU, as lkd_jax.main "
+                 "(lkd_jax/kernels/host_malloc.py); 'auto' = 'tuned' where JAX runs on CPU, as lkd_jax.main "
                  "does; 'system' = glibc's defaults")
 
 

@@ -29,9 +29,10 @@ import os
 import sys
 from typing import Any
 
+import jax
 import numpy as np
 
-from lkd_jax import cli
+from lkd_jax import cli, kernels
 from lkd_jax import teacher as teacher_lib
 from lkd_jax.analysis import erf as erf_lib
 from lkd_jax.analysis import plots, runs
@@ -81,16 +82,23 @@ def _run_label(checkpoint: str | None, record: dict[str, Any]) -> str:
   return f'{name} (random init)' if record.get('kind') == 'random_init' else name
 
 
+def _kernels() -> kernels.Kernels:
+  """The forms `auto` picks on this platform (kernels.resolve), as a run computes with."""
+  return kernels.resolve({}, jax.default_backend())
+
+
 def load(a: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
   """The model the arguments name, and the record of what was loaded."""
   if a.checkpoint:
     return teacher_lib.load_model(a.checkpoint, a.model, a.num_classes,
-                                  inference_form=a.inference_form, **a.model_kwargs)
+                                  inference_form=a.inference_form, kernels=_kernels(),
+                                  **a.model_kwargs)
   if not a.model:
     raise SetupError('Name --checkpoint (run dir, converted dir or file) or --model (random init).')
   from lkd_jax import models
   print(f'erf: no --checkpoint: {a.model} randomly initialised (seed {a.seed}).', file=sys.stderr)
-  model = models.create(a.model, num_classes=a.num_classes, seed=a.seed, **a.model_kwargs)
+  model = models.create(a.model, num_classes=a.num_classes, seed=a.seed, kernels=_kernels(),
+                        **a.model_kwargs)
   return model, {'kind': 'random_init', 'model': a.model, 'seed': a.seed}
 
 

@@ -131,7 +131,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
   del argv
   logging.get_absl_handler().addFilter(_quiet_orbax)
-  from lkd_jax.host_malloc import tune_host_malloc
+  from lkd_jax.kernels.host_malloc import tune_host_malloc
   malloc_tuned = tune_host_malloc(FLAGS.config.get('host_malloc', 'auto'))  # before JAX's threads start.
   import jax
   from lkd_jax.data import hide_accelerators_from_tf

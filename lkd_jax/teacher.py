@@ -20,6 +20,7 @@ from flax import nnx
 from lkd_jax import checkpoints, models, rundir
 from lkd_jax import step as step_lib
 from lkd_jax.errors import SetupError
+from lkd_jax.kernels import Kernels
 from lkd_jax.models.slak import merge_large_kernels
 
 STAGE_PREFIX = 'stage:'
@@ -87,14 +88,14 @@ def _check_run_dir(path: str, config: ml_collections.ConfigDict) -> None:
                      'to distil from its last checkpoint anyway.')
 
 
-def load(config: ml_collections.ConfigDict, workdir: str, num_classes: int
+def load(config: ml_collections.ConfigDict, workdir: str, num_classes: int, kernels: Kernels
          ) -> tuple[Any, Any, dict[str, Any]]:
   """(graphdef, state in teacher.dtype, source) of the frozen teacher; `source` records what was loaded."""
   check(config, workdir)
   path = resolve_path(config.teacher.checkpoint, workdir)
   form = config.teacher.inference_form
   if is_run_dir(path):
-    model, step = load_run_model(path)
+    model, step = load_run_model(path, kernels)
     teacher = merge_large_kernels(model, form)
     final = rundir.read_final(path) or {}
     source = {'kind': 'run', 'step': step, 'config_digest': final.get('config_digest'),
@@ -102,7 +103,7 @@ def load(config: ml_collections.ConfigDict, workdir: str, num_classes: int
   else:
     from lkd_jax import convert
     teacher = convert.load_teacher(path, config.teacher.name, num_classes, inference_form=form,
-                                   **config.teacher.kwargs)
+                                   kernels=kernels, **config.teacher.kwargs)
     source = {'kind': 'converted' if epath.Path(path).is_dir() else 'file', 'sha256': _sha256(path)}
   source = {'checkpoint': config.teacher.checkpoint, 'path': os.path.abspath(path),
             'model': config.teacher.name, **source}
@@ -110,10 +111,12 @@ def load(config: ml_collections.ConfigDict, workdir: str, num_classes: int
   return graph, step_lib.cast_floats(state, config.teacher.dtype), source
 
 
-def load_run_model(run_dir: str) -> tuple[nnx.Module, int]:
-  """The trained student of an lkd_jax run directory (its latest checkpoint) and that step."""
+def load_run_model(run_dir: str, kernels: Kernels) -> tuple[nnx.Module, int]:
+  """The trained student of an lkd_jax run directory (its latest checkpoint), computing with
+  `kernels`, and that step."""
   cfg = ml_collections.ConfigDict(json.loads((epath.Path(run_dir) / rundir.CONFIG_FILE).read_text()))
-  model = models.create(cfg.model.name, num_classes=cfg.num_classes, **cfg.model.kwargs)
+  model = models.create(cfg.model.name, num_classes=cfg.num_classes, kernels=kernels,
+                        **cfg.model.kwargs)
   graph, params, batch_stats, rest = step_lib.split_student(model)
   with checkpoints.manager(os.path.join(run_dir, 'checkpoints')) as mngr:
     raw = checkpoints.restore_raw(mngr)
@@ -124,9 +127,10 @@ def load_run_model(run_dir: str) -> tuple[nnx.Module, int]:
 
 
 def load_model(checkpoint: str, name: str | None = None, num_classes: int = 1000, *,
-               inference_form: str = 'branches', **model_kw: Any
+               inference_form: str = 'branches', kernels: Kernels = Kernels(), **model_kw: Any
                ) -> tuple[nnx.Module, dict[str, Any]]:
-  """Any checkpoint form as a model, and a record of what was loaded (for analysis tools).
+  """Any checkpoint form as a model computing with `kernels`, and a record of what was loaded (for
+  analysis tools).
 
   A run directory gives its trained student at its latest checkpoint (`name`, if given, must be the
   run's model; `num_classes` and `model_kw` come from the run's config); a converted directory or an
@@ -141,7 +145,7 @@ def load_model(checkpoint: str, name: str | None = None, num_classes: int = 1000
     if name and name != run_model:
       raise SetupError(f'Run {checkpoint} trained model {run_model!r}, not {name!r}; drop the model '
                        'name or name that one.')
-    model, step = load_run_model(checkpoint)
+    model, step = load_run_model(checkpoint, kernels)
     record = {'kind': 'run', 'step': step, 'model': run_model, 'inference_form': inference_form}
     return merge_large_kernels(model, inference_form), {'path': os.path.abspath(checkpoint), **record}
   if not name:
@@ -152,7 +156,7 @@ def load_model(checkpoint: str, name: str | None = None, num_classes: int = 1000
                      f'{", ".join(CHECKPOINT_SUFFIXES)}, a converted directory or a run directory.')
   from lkd_jax import convert
   model = convert.load_teacher(checkpoint, name, num_classes, inference_form=inference_form,
-                               **model_kw)
+                               kernels=kernels, **model_kw)
   record = {'kind': 'converted' if p.is_dir() else 'file', 'sha256': _sha256(checkpoint),
             'model': name, 'inference_form': inference_form, 'model_kwargs': model_kw}
   return model, {'path': os.path.abspath(checkpoint), **record}

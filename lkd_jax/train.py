@@ -15,7 +15,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from lkd_jax import checkpoints, lock, optim, rundir, sharding, xla_options
+from lkd_jax import checkpoints, kernels, lock, optim, rundir, sharding
 from lkd_jax import evaluate as eval_lib
 from lkd_jax import teacher as teacher_lib
 from lkd_jax import data as data_lib
@@ -23,7 +23,7 @@ from lkd_jax import models
 from lkd_jax import step as step_lib
 from lkd_jax.distill import methods, projectors
 from lkd_jax.errors import SetupError
-from lkd_jax.models import conv, layers
+from lkd_jax.kernels import Kernels, xla_options
 
 
 def validate(config: ml_collections.ConfigDict, workdir: str, pending_stages: tuple[str, ...] = ()
@@ -139,23 +139,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if status.kind == 'finished':
     logging.info('%s already finished with this config: reading its %s.', workdir, rundir.FINAL_FILE)
     return status.result
-  layers.set_depthwise_impl(config.depthwise_impl)
-  conv.set_conv_impl(config.conv_impl)
-  layers.set_layer_norm_impl(config.layer_norm_impl)
+  kern = kernels.resolve(config, jax.default_backend())
   mesh = sharding.make_mesh()
   data = data_lib.build(config)
-  teacher = _load_teacher(config, workdir, mesh, data) if method.needs_teacher else None
+  teacher = _load_teacher(config, workdir, mesh, data, kern) if method.needs_teacher else None
   with lock.hold(workdir):
     if status.kind in ('replace', 'stale'):
       rundir.move_aside(workdir)
     rundir.write_config(config, workdir)
-    return _train(config, workdir, method, mesh, data, teacher)
+    return _train(config, workdir, method, mesh, data, teacher, kern)
 
 
 def _load_teacher(config: ml_collections.ConfigDict, workdir: str, mesh: sharding.Mesh,
-                  data: data_lib.Dataset) -> tuple[Any, Any, dict[str, Any]]:
+                  data: data_lib.Dataset, kern: Kernels) -> tuple[Any, Any, dict[str, Any]]:
   """(graphdef, state on the mesh, source) of the frozen teacher, checked on the eval split."""
-  graph, state, source = teacher_lib.load(config, workdir, config.num_classes)
+  graph, state, source = teacher_lib.load(config, workdir, config.num_classes, kern)
   state = sharding.put_replicated(state, mesh)
   source['check'] = eval_lib.check_teacher(
       graph, state, data.eval(), mesh, config.num_classes,
@@ -167,7 +165,7 @@ def _load_teacher(config: ml_collections.ConfigDict, workdir: str, mesh: shardin
 
 def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Method,
            mesh: sharding.Mesh, data: data_lib.Dataset,
-           teacher: tuple[Any, Any, dict[str, Any]] | None) -> dict[str, Any]:
+           teacher: tuple[Any, Any, dict[str, Any]] | None, kern: Kernels) -> dict[str, Any]:
   total_steps = _total_steps(config, data.num_train)
   steps_per_epoch = data.num_train / config.batch_size
   eval_every = config.eval_every
@@ -175,7 +173,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
     eval_every = max(1, int(round(config.eval_every_epochs * steps_per_epoch)))
 
   student = models.create(config.model.name, num_classes=config.num_classes, seed=config.seed,
-                          **config.model.kwargs)
+                          kernels=kern, **config.model.kwargs)
   teacher_graph, teacher_state, teacher_source = teacher or (None, None, None)
   projector = None
   if method.needs_projector:  # FD projectors sized from eval_shape'd feature maps (no FLOPs).

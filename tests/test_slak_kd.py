@@ -70,7 +70,7 @@ def test_main_two_steps_on_mock_imagenet_with_tiny_models(tmp_path):
               'teacher_check=0,'
               'steps=2,batch=8,eff_batch=16,image_size=64', str(workdir))
   assert out.returncode == 0, out.stderr[-3000:]
-  assert 'host malloc tuned' in out.stderr  # JAX on CPU: lkd_jax/host_malloc.py applied first.
+  assert 'host malloc tuned' in out.stderr  # JAX on CPU: lkd_jax/kernels/host_malloc.py applied first.
   final = json.loads((workdir / 'final_metrics.json').read_text())
   assert final['step'] == 2 and final['count'] == 16  # every mock eval example counted once
   cfg = json.loads((workdir / 'config.json').read_text())

@@ -26,9 +26,10 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from lkd_jax import sharding, xla_options
+from lkd_jax import sharding
 from lkd_jax import step as step_lib
 from lkd_jax.errors import SetupError
+from lkd_jax.kernels import xla_options
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')

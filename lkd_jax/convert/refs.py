@@ -8,6 +8,8 @@ from typing import Any
 
 from flax import nnx
 
+from lkd_jax.kernels import Kernels
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -17,15 +19,16 @@ def refs_dir() -> Path:
   return Path(env) if env else (REPO_ROOT / '..' / 'shared' / 'refs').resolve()
 
 
-def model_from_ref(meta: dict[str, Any], seed: int = 0) -> nnx.Module:
-  """Builds the Flax model matching a reference json's `model_kind` and `constructor_args`."""
+def model_from_ref(meta: dict[str, Any], seed: int = 0, kernels: Kernels = Kernels()) -> nnx.Module:
+  """Builds the Flax model matching a reference json's `model_kind` and `constructor_args`,
+  computing with `kernels`."""
   from lkd_jax.models.convnext import ConvNeXt
   from lkd_jax.models.cswin import CSWinTransformer
   from lkd_jax.models.resnet import Bottleneck, ResNet
   from lkd_jax.models.slak import SLaK
   from lkd_jax.models.swin import SwinTransformer
   from lkd_jax.models.vit import VisionTransformer
-  a = dict(meta['constructor_args'])
+  a = dict(meta['constructor_args'], kernels=kernels)
   rngs = nnx.Rngs(params=seed, dropout=seed + 1)
   kind = meta['model_kind']
   if kind == 'slak':
@@ -36,7 +39,7 @@ def model_from_ref(meta: dict[str, Any], seed: int = 0) -> nnx.Module:
     return ConvNeXt(rngs=rngs, **a)
   if kind == 'resnet':  # timm resnet50 overrides; stem_width only sizes timm's deep stems.
     return ResNet(num_classes=a['num_classes'], block=Bottleneck, layers_per_stage=a['layers'],
-                  channels=a['channels'], rngs=rngs)
+                  channels=a['channels'], kernels=kernels, rngs=rngs)
   if kind in ('swin', 'swin_timm1'):
     return SwinTransformer(rngs=rngs, **a)
   if kind == 'vit_legacy':

@@ -12,6 +12,7 @@ from flax import nnx
 from lkd_jax.convert.readers import read_checkpoint, unwrap
 from lkd_jax.convert.rules import convert_into, dotted, variables_of
 from lkd_jax.errors import SetupError
+from lkd_jax.kernels import Kernels
 from lkd_jax.models import create
 from lkd_jax.models.slak import INFERENCE_FORMS, ReparamLargeKernelConv, merge_large_kernels
 
@@ -59,8 +60,9 @@ def _load_dir(model: nnx.Module, src: Path, model_name: str, model_kw: dict[str,
 
 
 def load_teacher(path: str, model_name: str, num_classes: int, *, inference_form: str = 'branches',
-                 key: str | None = None, **model_kw: Any) -> nnx.Module:
-  """Builds `model_name` and loads a .pth/.npz/.safetensors checkpoint or a CLI output directory.
+                 key: str | None = None, kernels: Kernels = Kernels(), **model_kw: Any) -> nnx.Module:
+  """Builds `model_name` (computing with `kernels`) and loads a .pth/.npz/.safetensors checkpoint
+  or a CLI output directory.
 
   `inference_form='merged'` / `'merged_decom'` (SLaK family only) folds each large-kernel unit's
   BatchNorms and branches into one KxK kernel / a KxN and an NxK kernel, + bias, after loading
@@ -68,7 +70,7 @@ def load_teacher(path: str, model_name: str, num_classes: int, *, inference_form
   """
   if inference_form not in INFERENCE_FORMS:
     raise SetupError(f'inference_form must be one of {INFERENCE_FORMS}, got {inference_form!r}.')
-  model = abstract_model(model_name, num_classes, **model_kw)
+  model = abstract_model(model_name, num_classes, kernels=kernels, **model_kw)
   if inference_form != 'branches' and not any(
       isinstance(m, ReparamLargeKernelConv) for _, m in nnx.iter_modules(model)):
     raise SetupError(f'inference_form={inference_form!r} needs a SLaK-family model; {model_name} has no '

@@ -24,10 +24,11 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from lkd_jax import checkpoints, models, rundir, sharding, xla_options
+from lkd_jax import checkpoints, kernels, models, rundir, sharding
 from lkd_jax import step as step_lib
 from lkd_jax.data import DatasetNotFoundError
 from lkd_jax.errors import SetupError
+from lkd_jax.kernels import xla_options
 from lkd_jax.evaluate import corruptions, metrics, sets
 from lkd_jax.models.slak import merge_large_kernels
 
@@ -112,6 +113,7 @@ def load(checkpoint: str, model_name: str = '', num_classes: int = 1000, *,
                      '(python -m lkd_jax.models --list).')
   from lkd_jax import convert
   model = convert.load_teacher(checkpoint, model_name, num_classes, inference_form=inference_form,
+                               kernels=kernels.resolve({}, jax.default_backend()),
                                **(model_kwargs or {}))
   graph, rest, w = _split(model, 'checkpoint')
   source = {'kind': 'converted' if p.is_dir() else 'file', 'path': os.path.abspath(checkpoint),
@@ -125,7 +127,8 @@ def _load_run(run_dir: str, model_name: str, inference_form: str, ema: bool) -> 
   if model_name and model_name != name:
     raise SetupError(f'Run {run_dir} trained model {name!r}, not {model_name!r}: drop --model or '
                      f'set it to {name}.')
-  model = models.create(name, num_classes=cfg['num_classes'], **kwargs)
+  model = models.create(name, num_classes=cfg['num_classes'],
+                        kernels=kernels.resolve(cfg, jax.default_backend()), **kwargs)
   graph, params, batch_stats, rest = step_lib.split_student(model)
   with checkpoints.manager(os.path.join(run_dir, 'checkpoints')) as mngr:
     raw = checkpoints.restore_raw(mngr)

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   for name in a.names or names():
     model = nnx.eval_shape(lambda: create(name, num_classes=a.num_classes))
-    print(f'{name}\t{count_params(model)}\t{count_macs(model) / 1e9:.3f}', flush=True)
+    gmacs = count_macs(name, num_classes=a.num_classes) / 1e9
+    print(f'{name}\t{count_params(model)}\t{gmacs:.3f}', flush=True)
   return 0
 
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lkd_jax.kernels import Kernels
 from lkd_jax.models import layers
 from lkd_jax.models.registry import register
 
@@ -39,11 +40,11 @@ class LePEAttention(nnx.Module):
   """Attention inside (hs x ws) windows plus the locally-enhanced positional encoding `get_v`."""
 
   def __init__(self, dim: int, resolution: int, idx: int, split: int, heads: int,
-               *, rngs: nnx.Rngs):
+               *, kernels: Kernels, rngs: nnx.Rngs):
     self.window = {-1: (resolution, resolution), 0: (resolution, split), 1: (split, resolution)}[idx]
     self.heads = heads
     self.scale = (dim // heads) ** -0.5
-    self.get_v = layers.DepthwiseConv(dim, (3, 3), use_bias=True, rngs=rngs)
+    self.get_v = layers.DepthwiseConv(dim, (3, 3), use_bias=True, kernels=kernels, rngs=rngs)
 
   def _heads(self, x: jax.Array) -> jax.Array:
     bw, hs, ws, c = x.shape  # -> (B*nW, heads, hs*ws, head_dim)
@@ -62,17 +63,20 @@ class CSWinBlock(nnx.Module):
   """x + proj(cross-shaped attention(norm1(x))); x + mlp(norm2(x)); x is (B, H, W, C)."""
 
   def __init__(self, dim: int, resolution: int, heads: int, split: int, mlp_ratio: float,
-               qkv_bias: bool, drop_path: float, last_stage: bool, *, rngs: nnx.Rngs):
+               qkv_bias: bool, drop_path: float, last_stage: bool, *, kernels: Kernels,
+               rngs: nnx.Rngs):
     self.qkv = nnx.Linear(dim, 3 * dim, use_bias=qkv_bias, rngs=rngs)
-    self.norm1 = layers.layer_norm(dim, LN_EPS, rngs)
+    self.norm1 = layers.layer_norm(dim, LN_EPS, rngs, kernels)
     self.proj = nnx.Linear(dim, dim, rngs=rngs)
     if last_stage or resolution == split:
-      self.attns = nnx.List([LePEAttention(dim, resolution, -1, split, heads, rngs=rngs)])
+      self.attns = nnx.List([LePEAttention(dim, resolution, -1, split, heads, kernels=kernels,
+                                           rngs=rngs)])
     else:
-      self.attns = nnx.List([LePEAttention(dim // 2, resolution, i, split, heads // 2, rngs=rngs)
+      self.attns = nnx.List([LePEAttention(dim // 2, resolution, i, split, heads // 2,
+                                           kernels=kernels, rngs=rngs)
                              for i in range(2)])
     self.mlp = layers.Mlp(dim, int(dim * mlp_ratio), rngs=rngs)
-    self.norm2 = layers.layer_norm(dim, LN_EPS, rngs)
+    self.norm2 = layers.layer_norm(dim, LN_EPS, rngs, kernels)
     self.drop_path = layers.DropPath(drop_path, rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -91,36 +95,41 @@ class CSWinBlock(nnx.Module):
 class MergeBlock(nnx.Module):
   """Conv 3x3 stride 2 (padding 1) + LayerNorm between stages."""
 
-  def __init__(self, dim: int, out_dim: int, *, rngs: nnx.Rngs):
-    self.conv = layers.conv(dim, out_dim, 3, stride=2, rngs=rngs)
-    self.norm = layers.layer_norm(out_dim, LN_EPS, rngs)
+  def __init__(self, dim: int, out_dim: int, *, kernels: Kernels, rngs: nnx.Rngs):
+    self.conv = layers.conv(dim, out_dim, 3, stride=2, kernels=kernels, rngs=rngs)
+    self.norm = layers.layer_norm(out_dim, LN_EPS, rngs, kernels)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.norm(self.conv(x))
 
 
 class CSWinTransformer(nnx.Module):
-  """CSWin Transformer (square input of `img_size` only); feats are the stage outputs before the final norm."""
+  """CSWin Transformer (square input of `img_size` only); feats are the stage outputs before the
+  final norm.
+
+  `kernels`: the forms every conv and LayerNorm compute with (default: XLA's own ops).
+  """
 
   def __init__(self, *, num_classes: int, img_size: int = 224, patch_size: int = 4,
                embed_dim: int = 64, depth: Sequence[int] = (1, 2, 21, 1),
                split_size: Sequence[int] = (1, 2, 7, 7), num_heads: Sequence[int] = (2, 4, 8, 16),
                mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
-               in_chans: int = 3, rngs: nnx.Rngs):
+               in_chans: int = 3, kernels: Kernels = Kernels(), rngs: nnx.Rngs):
     del patch_size  # The reference's stem is a fixed 7x7 stride-4 conv.
     self.stage1_conv_embed = nnx.List([
-        layers.conv(in_chans, embed_dim, 7, stride=4, padding=2, rngs=rngs), None,
-        layers.layer_norm(embed_dim, LN_EPS, rngs)])
+        layers.conv(in_chans, embed_dim, 7, stride=4, padding=2, kernels=kernels, rngs=rngs), None,
+        layers.layer_norm(embed_dim, LN_EPS, rngs, kernels)])
     rates = iter(layers.drop_path_rates(drop_path_rate, depth))
     dim = embed_dim
     for i in range(4):
       if i:
-        setattr(self, f'merge{i}', MergeBlock(dim, 2 * dim, rngs=rngs))
+        setattr(self, f'merge{i}', MergeBlock(dim, 2 * dim, kernels=kernels, rngs=rngs))
         dim *= 2
       setattr(self, f'stage{i + 1}', nnx.List([
           CSWinBlock(dim, img_size // 2 ** (i + 2), num_heads[i], split_size[i], mlp_ratio,
-                     qkv_bias, next(rates), i == 3, rngs=rngs) for _ in range(depth[i])]))
-    self.norm = layers.layer_norm(dim, LN_EPS, rngs)
+                     qkv_bias, next(rates), i == 3, kernels=kernels, rngs=rngs)
+          for _ in range(depth[i])]))
+    self.norm = layers.layer_norm(dim, LN_EPS, rngs, kernels)
     self.head = nnx.Linear(dim, num_classes, rngs=rngs)
     layers.trunc_normal_init(self, rngs)
 

@@ -1,8 +1,8 @@
 """Shared layers with the reference PyTorch numerics stated explicitly (DESIGN §5).
 
-Every depthwise convolution in the model zoo goes through `depthwise_conv`, and every dense one
-through `conv` (its arithmetic in conv.py), so their implementations can be chosen per platform and
-shape in one place each.
+Every depthwise convolution in the model zoo is a `DepthwiseConv`, every dense one is built by
+`conv` and every LayerNorm by `layer_norm`; each takes the model's `kernels` (kernels.Kernels) and
+computes in the form it names (lkd_jax/kernels/).
 """
 from __future__ import annotations
 
@@ -10,17 +10,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lkd_jax.models import conv as _conv
-from lkd_jax.models import depthwise as _dw
-from lkd_jax.models.switch import ImplSwitch
+from lkd_jax.kernels import Kernels
+from lkd_jax.kernels import conv as conv_forms
+from lkd_jax.kernels import layer_norm as layer_norm_forms
+from lkd_jax.kernels.depthwise import depthwise_conv
 
 TORCH_BN_EPS = 1e-5
 TORCH_BN_MOMENTUM = 0.9  # flax convention: running = m * running + (1 - m) * batch; torch momentum 0.1.
-
-# The depthwise implementations live in depthwise.py; these names are the public entry points.
-DEPTHWISE_IMPLS = _dw.DEPTHWISE_IMPLS
-depthwise_conv = _dw.depthwise_conv
-set_depthwise_impl, get_depthwise_impl = _dw.set_depthwise_impl, _dw.get_depthwise_impl
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -29,10 +25,12 @@ def gelu(x: jax.Array) -> jax.Array:
 
 
 class DepthwiseConv(nnx.Module):
-  """Depthwise conv, stride 1, 'same' padding per axis; kernel stored as (kh, kw, 1, C) like nnx.Conv."""
+  """Depthwise conv, stride 1, 'same' padding per axis, in the form `kernels.depthwise` names;
+  kernel stored as (kh, kw, 1, C) like nnx.Conv."""
 
   def __init__(self, channels: int, kernel_size: tuple[int, int], *, use_bias: bool = False,
-               rngs: nnx.Rngs):
+               kernels: Kernels, rngs: nnx.Rngs):
+    self.kernels = kernels
     kh, kw = kernel_size
     init = nnx.initializers.variance_scaling(1.0 / 3, 'fan_in', 'uniform', in_axis=(0, 1, 2),
                                              out_axis=3)  # torch's kaiming_uniform(a=sqrt(5)).
@@ -40,7 +38,7 @@ class DepthwiseConv(nnx.Module):
     self.bias = nnx.Param(jnp.zeros((channels,))) if use_bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = depthwise_conv(x, self.kernel[...][:, :, 0, :])
+    y = depthwise_conv(x, self.kernel[...][:, :, 0, :], self.kernels)
     return y if self.bias is None else y + self.bias[...]
 
 
@@ -86,70 +84,37 @@ class DropPath(nnx.Module):
     return x * mask.astype(x.dtype) / keep
 
 
-LAYER_NORM_IMPLS = ('auto', 'reduce', 'dot', 'dot/reduce')
-_LN_SWITCH = ImplSwitch('layer_norm', LAYER_NORM_IMPLS, auto=('dot/reduce', 'reduce'))
-set_layer_norm_impl, get_layer_norm_impl = _LN_SWITCH.set, _LN_SWITCH.get
-
-
-def _dot_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Mean and fast variance (E[x^2] - E[x]^2, as nnx) over the last axis as two mat-vec products."""
-  avg = jnp.full((x.shape[-1], 1), 1.0 / x.shape[-1], x.dtype)
-  mean = jnp.dot(x, avg, precision=jax.lax.Precision.HIGHEST)
-  mean2 = jnp.dot(x * x, avg, precision=jax.lax.Precision.HIGHEST)
-  return mean, jnp.maximum(mean2 - mean * mean, 0.0)
-
-
-def _reduce_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """The same statistics as reductions over the last axis."""
-  mean = jnp.mean(x, -1, keepdims=True)
-  return mean, jnp.maximum(jnp.mean(x * x, -1, keepdims=True) - mean * mean, 0.0)
-
-
-@jax.custom_vjp
-def _dot_reduce_stats(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """`dot` statistics where no gradient flows (a frozen teacher); `reduce`'s forward and backward
-  where one does (the transpose of the mat-vec is a K=1 matmul: ConvNeXt-T's train gradient was 5-7%
-  slower with it; benchmarks/README.md, LayerNorm)."""
-  return _dot_stats(x)
-
-
-_dot_reduce_stats.defvjp(lambda x: jax.vjp(_reduce_stats, x), lambda vjp, g: vjp(g))
-_STATS = {'dot': _dot_stats, 'dot/reduce': _dot_reduce_stats}
-
-
 class LayerNorm(nnx.LayerNorm):
-  """nnx.LayerNorm over the last axis (same parameters) whose statistics can be mat-vec products.
+  """nnx.LayerNorm over the last axis (same parameters) whose statistics are computed in `form`
+  (kernels/layer_norm.py; 'reduce' is nnx's own)."""
 
-  `dot`: XLA:CPU hands a reduction to YNNPACK together with the elementwise ops that produce its
-  input, materialising each of them: a 7x7 shift-and-add depthwise conv followed by LayerNorm takes
-  23 ms instead of 9 ms (batch 8, 56x56x96; benchmarks/layer_norm.py). A dot keeps its producers in
-  XLA's own fused loop. `reduce` is nnx's implementation (auto on GPU/TPU). `dot/reduce` (auto on
-  CPU): `dot` without gradients, `reduce` statistics when differentiated.
-  """
+  def __init__(self, num_features: int, *, form: str, **kwargs):
+    super().__init__(num_features, **kwargs)
+    self.form = form
 
   def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
-    impl = _LN_SWITCH.resolve()
-    if impl == 'reduce' or mask is not None or self.reduction_axes not in (-1, (-1,)):
+    if self.form == 'reduce' or mask is not None or self.reduction_axes not in (-1, (-1,)):
       return super().__call__(x, mask=mask)
     x, scale, bias = self.promote_dtype((x, self.scale[...], self.bias[...]), dtype=self.dtype)
-    mean, var = _STATS[impl](x.astype(jnp.promote_types(x.dtype, jnp.float32)))
+    mean, var = layer_norm_forms.statistics(x.astype(jnp.promote_types(x.dtype, jnp.float32)),
+                                            self.form)
     y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
     return y.astype(self.dtype or jnp.result_type(x, scale, bias))
 
 
-def layer_norm(dim: int, eps: float, rngs: nnx.Rngs) -> LayerNorm:
-  """LayerNorm over the channel (last) axis with an explicit epsilon."""
-  return LayerNorm(dim, epsilon=eps, rngs=rngs)
+def layer_norm(dim: int, eps: float, rngs: nnx.Rngs, kernels: Kernels) -> LayerNorm:
+  """LayerNorm over the channel (last) axis, explicit epsilon, statistics in `kernels.layer_norm`."""
+  return LayerNorm(dim, epsilon=eps, form=kernels.layer_norm, rngs=rngs)
 
 
 def conv(cin: int, cout: int, k: int | tuple[int, int], *, stride: int = 1, padding: int | None = None,
-         use_bias: bool = True, rngs: nnx.Rngs, **kwargs) -> nnx.Conv:
-  """Dense conv with PyTorch's explicit symmetric zero padding (default k//2)."""
+         use_bias: bool = True, kernels: Kernels, rngs: nnx.Rngs, **kwargs) -> nnx.Conv:
+  """Dense conv with PyTorch's explicit symmetric zero padding (default k//2), in `kernels.conv`."""
   kh, kw = (k, k) if isinstance(k, int) else k
   ph, pw = (kh // 2, kw // 2) if padding is None else (padding, padding)
   return nnx.Conv(cin, cout, (kh, kw), strides=stride, padding=((ph, ph), (pw, pw)),
-                  use_bias=use_bias, conv_general_dilated=_conv.conv_general_dilated, rngs=rngs,
-                  **kwargs)
+                  use_bias=use_bias, conv_general_dilated=conv_forms.ConvGeneralDilated(kernels.conv),
+                  rngs=rngs, **kwargs)
 
 
 def drop_path_rates(rate: float, depths: list[int] | tuple[int, ...]) -> list[float]:

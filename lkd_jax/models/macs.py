@@ -1,9 +1,9 @@
 """Dense multiply-accumulate count of a forward pass, read from the jaxpr (convolutions and matmuls).
 
-XLA cost analysis is not used: the runtime depthwise implementation may be shifted sums, FFTs or a
-kernel cropped to the taps that reach the map, and LayerNorm statistics may be mat-vec products. For
-counting, `layers.depthwise_conv` is swapped for a plain grouped convolution with the whole kernel
-and LayerNorm takes nnx's reductions, so the count is the dense architecture's.
+XLA cost analysis is not used: the forms a model runs with may compute a depthwise conv as shifted
+sums, FFTs or a kernel cropped to the taps that reach the map, and LayerNorm statistics as mat-vec
+products. The count builds the model with `COUNTING` kernels instead: XLA's grouped convolution with
+the whole kernel, nnx's LayerNorm reductions and XLA's dense convs, so it is the dense architecture's.
 """
 from __future__ import annotations
 
@@ -14,7 +14,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lkd_jax.models import layers
+from lkd_jax.kernels import DepthwiseOptions, Kernels
+from lkd_jax.models import registry
+
+# XLA's ops, the depthwise kernels uncropped: what 'dense MACs' means here.
+COUNTING = Kernels(depthwise_options=DepthwiseOptions(crop=False))
 
 
 def _sub_jaxprs(eqn) -> list[Any]:
@@ -52,29 +56,17 @@ def input_size(model: nnx.Module) -> int:
   return grid * model.patch_embed.proj.kernel_size[0] if grid else 224
 
 
-def count_macs(model: nnx.Module, size: int | None = None, batch: int = 1) -> int:
-  """Dense MACs of one eval forward of `model` (concrete or abstract) on `batch` images of size^2."""
+def count_macs(name: str, size: int | None = None, batch: int = 1, num_classes: int = 1000,
+               **model_kwargs: Any) -> int:
+  """Dense MACs of one eval forward of registered model `name` (built abstractly, with `COUNTING`
+  kernels) on `batch` images of size^2 (default: `input_size`)."""
+  model = nnx.eval_shape(lambda: registry.create(name, num_classes=num_classes, kernels=COUNTING,
+                                                 **model_kwargs))
   size = size or input_size(model)
   graphdef, state = nnx.split(model)
   x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
-  runtime_impl, runtime_ln = layers.depthwise_conv, layers.get_layer_norm_impl()
-  layers.depthwise_conv = _dense_depthwise  # count the full kernels, whatever runs in practice.
-  layers.set_layer_norm_impl('reduce')  # LayerNorm statistics are not matmuls, whatever computes them.
-  try:
-    jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x, train=False)[0])(state, x)
-  finally:
-    layers.depthwise_conv = runtime_impl
-    layers.set_layer_norm_impl(runtime_ln)
+  jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x, train=False)[0])(state, x)
   return jaxpr_macs(jaxpr.jaxpr)
-
-
-def _dense_depthwise(x: jax.Array, kernel: jax.Array, impl: str | None = None) -> jax.Array:
-  """Plain grouped conv with the whole (kh, kw, C) kernel: what 'dense MACs' means here."""
-  del impl
-  kh, kw, c = kernel.shape
-  return jax.lax.conv_general_dilated(
-      x, kernel[:, :, None, :].astype(x.dtype), (1, 1), ((kh // 2, kh // 2), (kw // 2, kw // 2)),
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
 
 
 def count_params(model: nnx.Module) -> int:

@@ -6,7 +6,8 @@ from typing import Sequence
 import jax
 from flax import nnx
 
-from lkd_jax.models import layers, pool
+from lkd_jax.kernels import Kernels, pool
+from lkd_jax.models import layers
 from lkd_jax.models.registry import register
 
 # torchvision init: kaiming_normal(fan_out, relu) for every conv.
@@ -19,13 +20,13 @@ class BasicBlock(nnx.Module):
   expansion = 1
 
   def __init__(self, cin: int, width: int, stride: int, drop_path: float, zero_init_last: bool,
-               *, rngs: nnx.Rngs):
+               *, kernels: Kernels, rngs: nnx.Rngs):
     cout = width * self.expansion
-    self.conv1 = _conv(cin, width, 3, stride=stride, use_bias=False, rngs=rngs)
+    self.conv1 = _conv(cin, width, 3, stride=stride, use_bias=False, kernels=kernels, rngs=rngs)
     self.bn1 = layers.BatchNorm(width)
-    self.conv2 = _conv(width, cout, 3, use_bias=False, rngs=rngs)
+    self.conv2 = _conv(width, cout, 3, use_bias=False, kernels=kernels, rngs=rngs)
     self.bn2 = layers.BatchNorm(cout, scale_init=0.0 if zero_init_last else 1.0)
-    self.downsample = _downsample(cin, cout, stride, rngs)
+    self.downsample = _downsample(cin, cout, stride, kernels, rngs)
     self.drop_path = layers.DropPath(drop_path, rngs=rngs)
 
   def residual(self, x: jax.Array, train: bool) -> jax.Array:
@@ -42,15 +43,15 @@ class Bottleneck(BasicBlock):
   expansion = 4
 
   def __init__(self, cin: int, width: int, stride: int, drop_path: float, zero_init_last: bool,
-               *, rngs: nnx.Rngs):
+               *, kernels: Kernels, rngs: nnx.Rngs):
     cout = width * self.expansion
-    self.conv1 = _conv(cin, width, 1, use_bias=False, rngs=rngs)
+    self.conv1 = _conv(cin, width, 1, use_bias=False, kernels=kernels, rngs=rngs)
     self.bn1 = layers.BatchNorm(width)
-    self.conv2 = _conv(width, width, 3, stride=stride, use_bias=False, rngs=rngs)
+    self.conv2 = _conv(width, width, 3, stride=stride, use_bias=False, kernels=kernels, rngs=rngs)
     self.bn2 = layers.BatchNorm(width)
-    self.conv3 = _conv(width, cout, 1, use_bias=False, rngs=rngs)
+    self.conv3 = _conv(width, cout, 1, use_bias=False, kernels=kernels, rngs=rngs)
     self.bn3 = layers.BatchNorm(cout, scale_init=0.0 if zero_init_last else 1.0)
-    self.downsample = _downsample(cin, cout, stride, rngs)
+    self.downsample = _downsample(cin, cout, stride, kernels, rngs)
     self.drop_path = layers.DropPath(drop_path, rngs=rngs)
 
   def residual(self, x: jax.Array, train: bool) -> jax.Array:
@@ -63,21 +64,28 @@ def _conv(*args, **kwargs) -> nnx.Conv:
   return layers.conv(*args, kernel_init=_HE_FAN_OUT, **kwargs)
 
 
-def _downsample(cin: int, cout: int, stride: int, rngs: nnx.Rngs) -> nnx.List | None:
+def _downsample(cin: int, cout: int, stride: int, kernels: Kernels, rngs: nnx.Rngs
+                ) -> nnx.List | None:
   if stride == 1 and cin == cout:
     return None
-  return nnx.List([_conv(cin, cout, 1, stride=stride, padding=0, use_bias=False, rngs=rngs),
+  return nnx.List([_conv(cin, cout, 1, stride=stride, padding=0, use_bias=False, kernels=kernels,
+                         rngs=rngs),
                    layers.BatchNorm(cout)])
 
 
 class ResNet(nnx.Module):
-  """7x7/2 stem + 3x3/2 max-pool, four stages; returns (logits, {'stage1'..'stage4'})."""
+  """7x7/2 stem + 3x3/2 max-pool, four stages; returns (logits, {'stage1'..'stage4'}).
+
+  `kernels`: the forms every conv computes with (default: XLA's own ops).
+  """
 
   def __init__(self, *, num_classes: int, block: type[BasicBlock], layers_per_stage: Sequence[int],
-               channels: Sequence[int] = (64, 128, 256, 512), drop_path_rate: float = 0.0, zero_init_last: bool = True, in_chans: int = 3,
+               channels: Sequence[int] = (64, 128, 256, 512), drop_path_rate: float = 0.0,
+               zero_init_last: bool = True, in_chans: int = 3, kernels: Kernels = Kernels(),
                rngs: nnx.Rngs):
     # timm's plain stem is always 64 wide (its `stem_width` only sizes deep stems), whatever `channels`.
-    self.conv1 = _conv(in_chans, STEM_WIDTH, 7, stride=2, use_bias=False, rngs=rngs)
+    self.conv1 = _conv(in_chans, STEM_WIDTH, 7, stride=2, use_bias=False, kernels=kernels,
+                       rngs=rngs)
     self.bn1 = layers.BatchNorm(STEM_WIDTH)
     rates = iter(layers.drop_path_rates(drop_path_rate, layers_per_stage))
     cin = STEM_WIDTH
@@ -85,7 +93,8 @@ class ResNet(nnx.Module):
       blocks = []
       for j in range(n):
         stride = 2 if (i > 0 and j == 0) else 1
-        blocks.append(block(cin, width, stride, next(rates), zero_init_last, rngs=rngs))
+        blocks.append(block(cin, width, stride, next(rates), zero_init_last, kernels=kernels,
+                            rngs=rngs))
         cin = width * block.expansion
       setattr(self, f'layer{i + 1}', nnx.List(blocks))
     self.fc = nnx.Linear(cin, num_classes, rngs=rngs)

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lkd_jax.kernels import Kernels
 from lkd_jax.models import layers
 from lkd_jax.models.registry import register
 
@@ -26,8 +27,8 @@ INFERENCE_FORMS = ('branches', 'merged', 'merged_decom')
 class ConvBN(nnx.Module):
   """Bias-free depthwise conv followed by its own BatchNorm (`conv`, `bn` as in the reference)."""
 
-  def __init__(self, dim: int, kernel_size: tuple[int, int], *, rngs: nnx.Rngs):
-    self.conv = layers.DepthwiseConv(dim, kernel_size, rngs=rngs)
+  def __init__(self, dim: int, kernel_size: tuple[int, int], *, kernels: Kernels, rngs: nnx.Rngs):
+    self.conv = layers.DepthwiseConv(dim, kernel_size, kernels=kernels, rngs=rngs)
     self.bn = layers.BatchNorm(dim)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -43,14 +44,16 @@ class ConvBN(nnx.Module):
 class ReparamLargeKernelConv(nnx.Module):
   """SLaK's large-kernel unit (reference `ReparamLargeKernelConv`)."""
 
-  def __init__(self, dim: int, kernel: int, small: int, decom: bool, *, rngs: nnx.Rngs):
+  def __init__(self, dim: int, kernel: int, small: int, decom: bool, *, kernels: Kernels,
+               rngs: nnx.Rngs):
     self.kernel, self.small, self.decom = kernel, small, decom
     if decom:
-      self.LoRA1 = ConvBN(dim, (kernel, small), rngs=rngs)
-      self.LoRA2 = ConvBN(dim, (small, kernel), rngs=rngs)
+      self.LoRA1 = ConvBN(dim, (kernel, small), kernels=kernels, rngs=rngs)
+      self.LoRA2 = ConvBN(dim, (small, kernel), kernels=kernels, rngs=rngs)
     else:
-      self.lkb_origin = ConvBN(dim, (kernel, kernel), rngs=rngs)
-    self.small_conv = ConvBN(dim, (small, small), rngs=rngs) if small < kernel else None
+      self.lkb_origin = ConvBN(dim, (kernel, kernel), kernels=kernels, rngs=rngs)
+    self.small_conv = (ConvBN(dim, (small, small), kernels=kernels, rngs=rngs) if small < kernel
+                       else None)
 
   def branches(self) -> list[ConvBN]:
     """The parallel conv+BN branches whose outputs are summed."""
@@ -90,8 +93,9 @@ def _pad_to(kernel: jax.Array, size: tuple[int, int]) -> jax.Array:
 class MergedLargeKernel(nnx.Module):
   """Inference form of a large-kernel unit: one KxK depthwise kernel + bias (`lkb_reparam`, RepLKNet's name)."""
 
-  def __init__(self, dim: int, kernel: int, *, rngs: nnx.Rngs):
-    self.lkb_reparam = layers.DepthwiseConv(dim, (kernel, kernel), use_bias=True, rngs=rngs)
+  def __init__(self, dim: int, kernel: int, *, kernels: Kernels, rngs: nnx.Rngs):
+    self.lkb_reparam = layers.DepthwiseConv(dim, (kernel, kernel), use_bias=True, kernels=kernels,
+                                            rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     del train  # Eval-only form: the BatchNorms are folded in.
@@ -109,9 +113,10 @@ class MergedDecomposedKernel(nnx.Module):
   KxK `MergedLargeKernel` (51x5 + 5x51 vs 51x51), so the fast rectangular forms still apply.
   """
 
-  def __init__(self, dim: int, kernel: int, small: int, *, rngs: nnx.Rngs):
-    self.LoRA1 = layers.DepthwiseConv(dim, (kernel, small), use_bias=True, rngs=rngs)
-    self.LoRA2 = layers.DepthwiseConv(dim, (small, kernel), rngs=rngs)
+  def __init__(self, dim: int, kernel: int, small: int, *, kernels: Kernels, rngs: nnx.Rngs):
+    self.LoRA1 = layers.DepthwiseConv(dim, (kernel, small), use_bias=True, kernels=kernels,
+                                      rngs=rngs)
+    self.LoRA2 = layers.DepthwiseConv(dim, (small, kernel), kernels=kernels, rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     del train  # Eval-only form: the BatchNorms are folded in.
@@ -124,7 +129,8 @@ class MergedDecomposedKernel(nnx.Module):
 
 def merge_large_kernels(model: nnx.Module, form: str = 'merged') -> nnx.Module:
   """Replaces, in place, every `ReparamLargeKernelConv` by its eval-mode `form` (one of
-  INFERENCE_FORMS; 'branches' keeps the model as is); returns `model`."""
+  INFERENCE_FORMS; 'branches' keeps the model as is), computing with the unit's kernels; returns
+  `model`."""
   if form not in INFERENCE_FORMS:
     raise ValueError(f'inference_form must be one of {INFERENCE_FORMS}, got {form!r}.')
   if form == 'branches':
@@ -133,31 +139,35 @@ def merge_large_kernels(model: nnx.Module, form: str = 'merged') -> nnx.Module:
     if not (isinstance(m, Block) and isinstance(m.large_kernel, ReparamLargeKernelConv)):
       continue
     unit = m.large_kernel
-    kernels, bias = unit.merged_kernels(decom=form == 'merged_decom')
-    merged = _eval_unit(kernels[0].shape[-1], unit.kernel, unit.small, len(kernels) == 2)
-    for conv, k in zip(merged.convs(), kernels, strict=True):
+    weights, bias = unit.merged_kernels(decom=form == 'merged_decom')
+    merged = _eval_unit(weights[0].shape[-1], unit.kernel, unit.small, len(weights) == 2,
+                        unit.branches()[0].conv.kernels)
+    for conv, k in zip(merged.convs(), weights, strict=True):
       conv.kernel[...] = k[:, :, None, :]
     merged.convs()[0].bias[...] = bias
     m.large_kernel = merged
   return model
 
 
-def _eval_unit(dim: int, kernel: int, small: int, decom: bool, rngs: nnx.Rngs | None = None) -> nnx.Module:
+def _eval_unit(dim: int, kernel: int, small: int, decom: bool, kernels: Kernels,
+               rngs: nnx.Rngs | None = None) -> nnx.Module:
   """An eval-only large-kernel unit: KxN and NxK kernels if `decom` (and N < K), else one KxK."""
   rngs = rngs or nnx.Rngs(0)
   if decom and small < kernel:
-    return MergedDecomposedKernel(dim, kernel, small, rngs=rngs)
-  return MergedLargeKernel(dim, kernel, rngs=rngs)
+    return MergedDecomposedKernel(dim, kernel, small, kernels=kernels, rngs=rngs)
+  return MergedLargeKernel(dim, kernel, kernels=kernels, rngs=rngs)
 
 
 class Block(nnx.Module):
   """x + drop_path(gamma * pwconv2(GELU(pwconv1(LN(large_kernel(x))))))."""
 
   def __init__(self, dim: int, kernel: int, small: int, decom: bool, drop_path: float,
-               layer_scale: float, *, form: str = 'branches', rngs: nnx.Rngs):
-    self.large_kernel = (ReparamLargeKernelConv(dim, kernel, small, decom, rngs=rngs) if form == 'branches'
-                         else _eval_unit(dim, kernel, small, decom and form == 'merged_decom', rngs))
-    self.norm = layers.layer_norm(dim, LN_EPS, rngs)
+               layer_scale: float, *, form: str = 'branches', kernels: Kernels, rngs: nnx.Rngs):
+    self.large_kernel = (
+        ReparamLargeKernelConv(dim, kernel, small, decom, kernels=kernels, rngs=rngs)
+        if form == 'branches'
+        else _eval_unit(dim, kernel, small, decom and form == 'merged_decom', kernels, rngs))
+    self.norm = layers.layer_norm(dim, LN_EPS, rngs, kernels)
     self.pwconv1 = nnx.Linear(dim, 4 * dim, rngs=rngs)
     self.pwconv2 = nnx.Linear(4 * dim, dim, rngs=rngs)
     self.gamma = nnx.Param(jnp.full((dim,), layer_scale)) if layer_scale > 0 else None
@@ -171,22 +181,26 @@ class Block(nnx.Module):
 
 
 class SLaK(nnx.Module):
-  """ConvNeXt macro structure with SLaK large-kernel units; returns (logits, {'stage1'..'stage4'})."""
+  """ConvNeXt macro structure with SLaK large-kernel units; returns (logits, {'stage1'..'stage4'}).
+
+  `kernels`: the forms every conv and LayerNorm computes with (default: XLA's own ops).
+  """
 
   def __init__(self, *, num_classes: int, depths: Sequence[int], dims: Sequence[int],
                kernel_size: Sequence[int], width_factor: float = 1.0, decom: bool = True,
                drop_path_rate: float = 0.0, layer_scale_init_value: float = 1e-6,
                head_init_scale: float = 1.0, in_chans: int = 3, inference_form: str = 'branches',
-               rngs: nnx.Rngs):
+               kernels: Kernels = Kernels(), rngs: nnx.Rngs):
     if inference_form not in INFERENCE_FORMS:
       raise ValueError(f'inference_form must be one of {INFERENCE_FORMS}, got {inference_form!r}.')
     dims = [int(d * width_factor) for d in dims]
     self.kernel_size, self.decom = tuple(kernel_size), decom
-    self.inference_form = inference_form
-    stem = nnx.List([layers.conv(in_chans, dims[0], 4, stride=4, padding=0, rngs=rngs),
-                     layers.layer_norm(dims[0], LN_EPS, rngs)])
-    downs = [nnx.List([layers.layer_norm(dims[i], LN_EPS, rngs),
-                       layers.conv(dims[i], dims[i + 1], 2, stride=2, padding=0, rngs=rngs)])
+    self.inference_form, self.kernels = inference_form, kernels
+    stem = nnx.List([layers.conv(in_chans, dims[0], 4, stride=4, padding=0, kernels=kernels, rngs=rngs),
+                     layers.layer_norm(dims[0], LN_EPS, rngs, kernels)])
+    downs = [nnx.List([layers.layer_norm(dims[i], LN_EPS, rngs, kernels),
+                       layers.conv(dims[i], dims[i + 1], 2, stride=2, padding=0, kernels=kernels,
+                                   rngs=rngs)])
              for i in range(3)]
     self.downsample_layers = nnx.List([stem] + downs)
     rates = iter(layers.drop_path_rates(drop_path_rate, depths))
@@ -194,7 +208,7 @@ class SLaK(nnx.Module):
         nnx.List([self.make_block(i, dims[i], next(rates), layer_scale_init_value, rngs)
                   for _ in range(depths[i])])
         for i in range(4)])
-    self.norm = layers.layer_norm(dims[-1], LN_EPS, rngs)
+    self.norm = layers.layer_norm(dims[-1], LN_EPS, rngs, kernels)
     self.head = nnx.Linear(dims[-1], num_classes, rngs=rngs)
     _trunc_normal_init(self, rngs)
     if head_init_scale != 1.0:
@@ -205,7 +219,7 @@ class SLaK(nnx.Module):
                  rngs: nnx.Rngs) -> nnx.Module:
     """One block of `stage` (subclasses swap the block type)."""
     return Block(dim, self.kernel_size[stage], self.kernel_size[-1], self.decom, drop_path,
-                 layer_scale, form=self.inference_form, rngs=rngs)
+                 layer_scale, form=self.inference_form, kernels=self.kernels, rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     feats = {}

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lkd_jax.kernels import Kernels
 from lkd_jax.models import layers
 from lkd_jax.models.registry import register
 
@@ -84,11 +85,11 @@ class SwinBlock(nnx.Module):
   """x + attn(norm1(x)) in (shifted) windows, then x + mlp(norm2(x)); x is (B, H, W, C)."""
 
   def __init__(self, dim: int, heads: int, window: int, shift: int, drop_path: float,
-               *, rngs: nnx.Rngs):
+               *, kernels: Kernels, rngs: nnx.Rngs):
     self.window, self.shift = window, shift
-    self.norm1 = layers.layer_norm(dim, LN_EPS, rngs)
+    self.norm1 = layers.layer_norm(dim, LN_EPS, rngs, kernels)
     self.attn = WindowAttention(dim, heads, window, rngs=rngs)
-    self.norm2 = layers.layer_norm(dim, LN_EPS, rngs)
+    self.norm2 = layers.layer_norm(dim, LN_EPS, rngs, kernels)
     self.mlp = layers.Mlp(dim, 4 * dim, rngs=rngs)
     self.drop_path = layers.DropPath(drop_path, rngs=rngs)
 
@@ -109,8 +110,8 @@ class SwinBlock(nnx.Module):
 class PatchMerging(nnx.Module):
   """2x2 neighbours concatenated in order (0,0),(1,0),(0,1),(1,1) -> LayerNorm(4C) -> Linear(4C, 2C)."""
 
-  def __init__(self, dim: int, *, rngs: nnx.Rngs):
-    self.norm = layers.layer_norm(4 * dim, LN_EPS, rngs)
+  def __init__(self, dim: int, *, kernels: Kernels, rngs: nnx.Rngs):
+    self.norm = layers.layer_norm(4 * dim, LN_EPS, rngs, kernels)
     self.reduction = nnx.Linear(4 * dim, 2 * dim, use_bias=False, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -123,13 +124,14 @@ class SwinStage(nnx.Module):
   """Optional patch merging, then `depth` blocks alternating plain and shifted windows."""
 
   def __init__(self, dim: int, out_dim: int, depth: int, heads: int, window: int, resolution: int,
-               rates: Sequence[float], *, rngs: nnx.Rngs):
-    self.downsample = PatchMerging(dim, rngs=rngs) if out_dim != dim else None
+               rates: Sequence[float], *, kernels: Kernels, rngs: nnx.Rngs):
+    self.downsample = PatchMerging(dim, kernels=kernels, rngs=rngs) if out_dim != dim else None
     if resolution <= window:  # timm: a window covering the whole map takes no shift.
       window = resolution
     shift = 0 if resolution <= window else window // 2
     self.blocks = nnx.List([
-        SwinBlock(out_dim, heads, window, shift if j % 2 else 0, rates[j], rngs=rngs)
+        SwinBlock(out_dim, heads, window, shift if j % 2 else 0, rates[j], kernels=kernels,
+                  rngs=rngs)
         for j in range(depth)])
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -144,9 +146,10 @@ class PatchEmbed(nnx.Module):
   """Conv patchify (`proj`) + optional LayerNorm (`norm`), NHWC out."""
 
   def __init__(self, patch: int, in_chans: int, dim: int, norm_eps: float | None,
-               *, rngs: nnx.Rngs):
-    self.proj = layers.conv(in_chans, dim, patch, stride=patch, padding=0, rngs=rngs)
-    self.norm = layers.layer_norm(dim, norm_eps, rngs) if norm_eps else None
+               *, kernels: Kernels, rngs: nnx.Rngs):
+    self.proj = layers.conv(in_chans, dim, patch, stride=patch, padding=0, kernels=kernels,
+                            rngs=rngs)
+    self.norm = layers.layer_norm(dim, norm_eps, rngs, kernels) if norm_eps else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = self.proj(x)
@@ -164,13 +167,17 @@ class Head(nnx.Module):
 
 
 class SwinTransformer(nnx.Module):
-  """Swin Transformer; feats are the NHWC stage outputs before the final norm."""
+  """Swin Transformer; feats are the NHWC stage outputs before the final norm.
+
+  `kernels`: the forms the patch conv and every LayerNorm compute with (default: XLA's own ops).
+  """
 
   def __init__(self, *, num_classes: int, img_size: int = 224, patch_size: int = 4,
                window_size: int = 7, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
                num_heads: Sequence[int] = (3, 6, 12, 24), drop_path_rate: float = 0.0,
-               in_chans: int = 3, rngs: nnx.Rngs):
-    self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, LN_EPS, rngs=rngs)
+               in_chans: int = 3, kernels: Kernels = Kernels(), rngs: nnx.Rngs):
+    self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, LN_EPS, kernels=kernels,
+                                  rngs=rngs)
     rates = layers.drop_path_rates(drop_path_rate, depths)
     stages, dim, res = [], embed_dim, img_size // patch_size
     for i, depth in enumerate(depths):
@@ -178,10 +185,10 @@ class SwinTransformer(nnx.Module):
       res = res // 2 if i else res
       first = sum(depths[:i])
       stages.append(SwinStage(dim, out_dim, depth, num_heads[i], window_size, res,
-                              rates[first:first + depth], rngs=rngs))
+                              rates[first:first + depth], kernels=kernels, rngs=rngs))
       dim = out_dim
     self.layers = nnx.List(stages)
-    self.norm = layers.layer_norm(dim, LN_EPS, rngs)
+    self.norm = layers.layer_norm(dim, LN_EPS, rngs, kernels)
     self.head = Head(dim, num_classes, rngs=rngs)
     layers.trunc_normal_init(self, rngs)
 

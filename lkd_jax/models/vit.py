@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lkd_jax.kernels import Kernels
 from lkd_jax.models import layers
 from lkd_jax.models.registry import register
 from lkd_jax.models.swin import PatchEmbed
@@ -41,10 +42,10 @@ class ViTBlock(nnx.Module):
   """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
 
   def __init__(self, dim: int, heads: int, mlp_ratio: float, qkv_bias: bool, scale: float,
-               eps: float, drop_path: float, *, rngs: nnx.Rngs):
-    self.norm1 = layers.layer_norm(dim, eps, rngs)
+               eps: float, drop_path: float, *, kernels: Kernels, rngs: nnx.Rngs):
+    self.norm1 = layers.layer_norm(dim, eps, rngs, kernels)
     self.attn = Attention(dim, heads, qkv_bias, scale, rngs=rngs)
-    self.norm2 = layers.layer_norm(dim, eps, rngs)
+    self.norm2 = layers.layer_norm(dim, eps, rngs, kernels)
     self.mlp = layers.Mlp(dim, int(dim * mlp_ratio), rngs=rngs)
     self.drop_path = layers.DropPath(drop_path, rngs=rngs)
 
@@ -54,24 +55,29 @@ class ViTBlock(nnx.Module):
 
 
 class VisionTransformer(nnx.Module):
-  """ViT with a class token and learned position embedding; the head reads the class token."""
+  """ViT with a class token and learned position embedding; the head reads the class token.
+
+  `kernels`: the forms the patch conv and every LayerNorm compute with (default: XLA's own ops).
+  """
 
   def __init__(self, *, num_classes: int, img_size: int = 224, patch_size: int = 16,
                embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
                qkv_bias: bool = True, qk_scale: float | None = None, ln_eps: float = 1e-6,
-               drop_path_rate: float = 0.0, in_chans: int = 3, rngs: nnx.Rngs):
+               drop_path_rate: float = 0.0, in_chans: int = 3, kernels: Kernels = Kernels(),
+               rngs: nnx.Rngs):
     self.grid = img_size // patch_size
     self.depth = depth
     init = nnx.initializers.truncated_normal(0.02)
-    self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, None, rngs=rngs)
+    self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, None, kernels=kernels, rngs=rngs)
     self.cls_token = nnx.Param(init(rngs.params(), (1, 1, embed_dim)))
     self.pos_embed = nnx.Param(init(rngs.params(), (1, 1 + self.grid ** 2, embed_dim)))
     scale = qk_scale or (embed_dim // num_heads) ** -0.5
     rates = layers.drop_path_rates(drop_path_rate, [depth])
     self.blocks = nnx.List([
-        ViTBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, scale, ln_eps, rates[i], rngs=rngs)
+        ViTBlock(embed_dim, num_heads, mlp_ratio, qkv_bias, scale, ln_eps, rates[i], kernels=kernels,
+                 rngs=rngs)
         for i in range(depth)])
-    self.norm = layers.layer_norm(embed_dim, ln_eps, rngs)
+    self.norm = layers.layer_norm(embed_dim, ln_eps, rngs, kernels)
     self.head = nnx.Linear(embed_dim, num_classes, rngs=rngs)
     layers.trunc_normal_init(self, rngs)
 

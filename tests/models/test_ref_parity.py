@@ -1,14 +1,17 @@
 """Parity with the official PyTorch outputs in ../shared/refs (one case per npz; README there)."""
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
 
+from lkd_jax import kernels
+
 from lkd_jax.convert import convert_into, unwrap
 from lkd_jax.convert.refs import load_meta, model_from_ref, refs_dir
 from lkd_jax.convert.rules import candidates
-from lkd_jax.models.layers import depthwise_conv
+from lkd_jax.kernels.depthwise import depthwise_conv
 from lkd_jax.models.slak import ReparamLargeKernelConv, merge_large_kernels
 
 REFS = refs_dir()
@@ -22,6 +25,9 @@ def _has_train_mode(name: str) -> bool:
   with np.load(REFS / f'{name}.npz') as f:
     return 'logits_train' in f.files
 
+
+# The forms a run resolves to on this platform ('auto' everywhere), as training computes.
+AUTO = kernels.resolve({}, jax.default_backend())
 
 TRAIN_CASES = ([n for n in _NPZ if n != 'slak_lk_unit_ref' and _has_train_mode(n)]
                or [pytest.param(None, marks=_ABSENT)])
@@ -42,7 +48,7 @@ def load(name: str) -> tuple[dict, dict, nnx.Module]:
   meta = load_meta(name)
   with np.load(REFS / f'{name}.npz') as f:
     data = {k: f[k] for k in f.files}
-  model = nnx.eval_shape(lambda: model_from_ref(meta))
+  model = nnx.eval_shape(lambda: model_from_ref(meta, kernels=AUTO))
   return meta, data, convert_into(model, unwrap(data, prefix='sd/'))
 
 
@@ -89,18 +95,18 @@ def test_ref_slak_large_kernel_unit(name):
   for case, spec in meta['cases'].items():
     def build():
       return ReparamLargeKernelConv(meta['channels'], spec['kernel_size'], spec['small_kernel'],
-                                    spec['Decom'], rngs=nnx.Rngs(0))
+                                    spec['Decom'], kernels=AUTO, rngs=nnx.Rngs(0))
     unit = convert_into(nnx.eval_shape(build), unwrap(data, prefix=f'{case}/sd/'))
     out = unit(x, train=False)
     assert rel_diff(out, nhwc(data[f'{case}/out'])) <= 1e-4, case
     (kernel,), bias = unit.merged_kernels(decom=False)
     assert kernel.shape[:2] == (spec['kernel_size'],) * 2
-    assert rel_diff(depthwise_conv(x, kernel) + bias, out) <= 1e-5, case
-    kernels, bias = unit.merged_kernels(decom=True)
+    assert rel_diff(depthwise_conv(x, kernel, AUTO) + bias, out) <= 1e-5, case
+    merged, bias = unit.merged_kernels(decom=True)
     k, n = spec['kernel_size'], spec['small_kernel']
     want = [(k, n), (n, k)] if spec['Decom'] and n < k else [(k, k)]
-    assert [t.shape[:2] for t in kernels] == want, case
-    assert rel_diff(sum(depthwise_conv(x, t) for t in kernels) + bias, out) <= 1e-5, case
+    assert [t.shape[:2] for t in merged] == want, case
+    assert rel_diff(sum(depthwise_conv(x, t, AUTO) for t in merged) + bias, out) <= 1e-5, case
     assert rel_diff(unit(x, train=True), nhwc(data[f'{case}/out_train'])) <= 1e-4, case
 
 

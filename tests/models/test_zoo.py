@@ -1,12 +1,15 @@
-"""Registry, output contract, sizes and the single depthwise entry point; all models built abstractly."""
+"""Registry, output contract, sizes, and the kernels a model is built with; models built abstractly."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
-from lkd_jax.models import conv, create, layers, names
+from lkd_jax import kernels
+from lkd_jax.kernels import Kernels
+from lkd_jax.models import create, layers, names, slak
 from lkd_jax.models.__main__ import main as list_main
 from lkd_jax.models.macs import _sub_jaxprs, count_macs, count_params, input_size
 
@@ -62,30 +65,52 @@ def test_paper_sizes():
     model = nnx.eval_shape(lambda: create(name, num_classes=1000))
     assert count_params(model) == n_params, name
     if gmacs:
-      assert round(count_macs(model) / 1e9, 2) == gmacs, name
+      assert round(count_macs(name) / 1e9, 2) == gmacs, name
 
 
 @pytest.mark.parametrize('name', ['slak_atto', 'convnext_atto', 'convnext_bn_atto', 'cswin_atto'])
-def test_depthwise_goes_through_one_function(name, monkeypatch):
-  """With the shift implementation selected, no grouped convolution is left in the program."""
-  calls = []
-  impl = layers.depthwise_conv
-  monkeypatch.setattr(layers, 'depthwise_conv', lambda x, k, *a, **kw: calls.append(k.shape) or impl(x, k, *a, **kw))
-  model = abstract(name)
+def test_every_depthwise_conv_computes_in_the_models_form(name):
+  """Built with the shift form, every depthwise layer holds it and no grouped convolution is left."""
+  chosen = Kernels(depthwise='shift')  # conv 'xla': stems and downsamplers stay convolutions.
+  model = abstract(name, kernels=chosen)
+  dw = [m for _, m in nnx.iter_modules(model) if isinstance(m, layers.DepthwiseConv)]
+  assert dw and all(m.kernels == chosen for m in dw)
   graphdef, state = nnx.split(model)
-  previous = layers.get_depthwise_impl(), conv.get_conv_impl()
-  layers.set_depthwise_impl('shift')
-  conv.set_conv_impl('xla')  # keeps stems and downsamplers convolutions (not CPU einsums).
-  try:
-    jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x, train=False))(
-        state, jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
-  finally:
-    layers.set_depthwise_impl(previous[0])
-    conv.set_conv_impl(previous[1])
-  assert calls
+  jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x, train=False))(
+      state, jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
   groups = conv_groups(jaxpr.jaxpr)
   assert 1 in groups  # stems and downsampling still convolve, but nothing is grouped.
   assert set(groups) == {1}
+
+
+def test_default_kernels_are_xla_ops():
+  model = abstract('slak_atto')
+  assert model.kernels == Kernels()
+  graphdef, state = nnx.split(model)
+  jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x, train=False))(
+      state, jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+  assert any(g > 1 for g in conv_groups(jaxpr.jaxpr))  # XLA's grouped convolution.
+
+
+def test_two_kernel_choices_in_one_process():
+  """A SLaK-T stage-1 block (124 channels, 51x5 + 5x51 + 5x5) built twice with the same weights,
+  computing with XLA's depthwise conv and with the shift sums (and with the CPU's `auto` forms):
+  same output and input gradient, each program with its own form."""
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 16, 16, 124)), jnp.float32)
+  choices = {'xla': Kernels(), 'shift': Kernels(depthwise='shift'),
+             'auto': kernels.resolve({}, 'cpu')}
+  results, grouped = {}, {}
+  for name, chosen in choices.items():
+    block = slak.Block(124, 51, 5, True, 0.0, 1.0, kernels=chosen, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(block)
+    fn = lambda x: jnp.sum(jnp.sin(nnx.merge(graphdef, state)(x, train=False)))
+    results[name] = jax.jit(jax.value_and_grad(fn))(x)
+    grouped[name] = any(g > 1 for g in conv_groups(jax.make_jaxpr(fn)(x).jaxpr))
+  assert grouped == {'xla': True, 'shift': False, 'auto': False}
+  (y, g) = results['xla']
+  for name in ('shift', 'auto'):
+    assert abs(float(results[name][0] - y)) <= 1e-4 * abs(float(y))
+    assert float(jnp.max(jnp.abs(results[name][1] - g))) <= 1e-4 * float(jnp.max(jnp.abs(g)))
 
 
 def conv_groups(jaxpr) -> list[int]:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lkd_jax.models import pool
+from lkd_jax.kernels import pool
 
 
 def _reference(x, k, s, p):

@@ -49,6 +49,17 @@ def _probe_fusions(options: dict[str, str] | None) -> collections.Counter:
   return ynn_fusions(jax.jit(_probe, compiler_options=options).lower(*args).compile().as_text())
 
 
+def options_for(default: collections.Counter, changed: collections.Counter | None
+                ) -> dict[str, Any] | None:
+  """The options, given the probe's YNNPACK fusions compiled with XLA's defaults and with the options
+  (`changed`; None where they did not compile): only where they take the convolutions off YNNPACK
+  and change nothing else."""
+  if changed is None or not any('convolution' in ops for ops in default):
+    return None
+  kept = collections.Counter({ops: n for ops, n in default.items() if 'convolution' not in ops})
+  return dict(_WITHOUT_CONVOLUTIONS) if changed == kept else None
+
+
 @functools.cache
 def compiler_options(backend: str | None = None) -> dict[str, Any] | None:
   """`jax.jit` compiler_options for the library's steps on `backend` (default: JAX's), or None."""
@@ -60,9 +71,8 @@ def compiler_options(backend: str | None = None) -> dict[str, Any] | None:
   try:
     changed = _probe_fusions(_WITHOUT_CONVOLUTIONS)
   except Exception:  # noqa: BLE001  An older jaxlib without these enum values: keep its defaults.
-    return None
-  kept = collections.Counter({ops: n for ops, n in default.items() if 'convolution' not in ops})
-  return dict(_WITHOUT_CONVOLUTIONS) if changed == kept else None
+    changed = None
+  return options_for(default, changed)
 
 
 def jit(fn: Callable, **kwargs) -> Callable:

@@ -1,15 +1,15 @@
-"""lkd_jax/host_malloc.py: modes, the accelerator guess, and freed memory reused without page faults."""
+"""kernels/host_malloc.py: modes, the accelerator guess, and freed memory reused without page faults."""
 import platform
 import subprocess
 import sys
 
 import pytest
 
-from lkd_jax import host_malloc
+from lkd_jax.kernels import host_malloc
 
 _FAULTS = """
 import ctypes, resource, sys
-from lkd_jax.host_malloc import tune_host_malloc
+from lkd_jax.kernels.host_malloc import tune_host_malloc
 print(tune_host_malloc(sys.argv[1]))
 libc = ctypes.CDLL('libc.so.6')
 libc.malloc.argtypes, libc.malloc.restype = [ctypes.c_size_t], ctypes.c_void_p

@@ -6,7 +6,7 @@ XLA differentiates `reduce_window(max)` into `select_and_scatter`, which XLA:CPU
 which slice won (the first one, as torch and select_and_scatter break ties) as int8; the backward
 routes the gradient through k*k strided pads of the masked output gradient: 23 ms. The pads are
 summed in the order select_and_scatter adds windows, so the gradient is bit-identical to XLA's
-(tests/models/test_pool.py).
+(tests/kernels/test_pool.py).
 """
 from __future__ import annotations
 

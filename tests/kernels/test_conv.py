@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lkd_jax.models import conv, layers, registry
+from lkd_jax import kernels
+from lkd_jax.kernels import Kernels
+from lkd_jax.kernels import conv
+from lkd_jax.models import layers, registry
 
 HI = jax.lax.Precision.HIGHEST
 # (x shape, (kh, kw, cout), stride, padding, form the matmul impl takes)
@@ -39,40 +42,34 @@ def _out_and_grads(f, x, w):
 def test_matmul_forms_match_xla_conv(xs, ks, stride, pad, form):
   x, w = _data(xs, ks)
   pads = ((pad, pad), (pad, pad))
-  assert conv.conv_form(xs, w.shape, (stride, stride), pads, impl='matmul') == form
-  assert conv.conv_form(xs, w.shape, (stride, stride), pads, impl='xla') == 'xla'
+  assert conv.conv_form(xs, w.shape, (stride, stride), pads, 'matmul') == form
+  assert conv.conv_form(xs, w.shape, (stride, stride), pads, 'xla') == 'xla'
 
   def run(impl):
-    conv.set_conv_impl(impl)
-    try:
-      return _out_and_grads(lambda x, w: conv.conv_general_dilated(
-          x, w, (stride, stride), pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=HI),
-          x, w)
-    finally:
-      conv.set_conv_impl('auto')
+    return _out_and_grads(lambda x, w: conv.conv_general_dilated(
+        x, w, (stride, stride), pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=HI,
+        impl=impl), x, w)
   (y, (gx, gw)), (ry, (rx, rw)) = run('matmul'), run('xla')
   assert y.shape == ry.shape
   assert _rel(y, ry) <= 1e-5 and _rel(gx, rx) <= 1e-5 and _rel(gw, rw) <= 1e-5
 
 
-def test_auto_is_matmul_on_cpu_only_and_setter_rejects_unknown():
-  args = ((1, 8, 8, 4), (1, 1, 4, 8), (1, 1), ((0, 0), (0, 0)))
-  assert conv.conv_form(*args, backend='cpu') == 'pointwise'
-  assert conv.conv_form(*args, backend='gpu') == 'xla'
-  assert conv.conv_form(*args, backend='tpu') == 'xla'
+def test_auto_is_matmul_on_cpu_only_and_unknown_names_are_refused():
+  assert kernels.resolve({}, 'cpu', isa='avx2').conv == 'matmul'
+  assert kernels.resolve({}, 'gpu').conv == kernels.resolve({}, 'tpu').conv == 'xla'
+  assert kernels.resolve({'conv_impl': 'xla'}, 'cpu', isa='avx2').conv == 'xla'
   with pytest.raises(ValueError, match='Unknown conv impl'):
-    conv.set_conv_impl('nope')
+    kernels.resolve({'conv_impl': 'nope'}, 'cpu')
 
 
 @pytest.mark.parametrize('isa,kxk', [('avx512f', 'xla'), ('avx2', 'im2col_grad')])
-def test_auto_leaves_kxk_convs_to_xla_on_avx512_hosts_only(monkeypatch, isa, kxk):
-  monkeypatch.setattr(conv, '_host_isa', lambda: isa)
-  forms = {ks: conv.conv_form(xs, ks[:2] + (xs[-1], ks[2]), (s, s), ((p, p), (p, p)), backend='cpu')
+def test_auto_leaves_kxk_convs_to_xla_on_avx512_hosts_only(isa, kxk):
+  impl = kernels.resolve({}, 'cpu', isa=isa).conv
+  forms = {ks: conv.conv_form(xs, ks[:2] + (xs[-1], ks[2]), (s, s), ((p, p), (p, p)), impl)
            for xs, ks, s, p, _ in CASES}
   assert forms[(1, 1, 4)] == 'pointwise' and forms[(4, 4, 5)] == 'patchify'
   assert forms[(3, 3, 3)] == forms[(7, 7, 3)] == kxk
-  assert conv.conv_form((1, 6, 6, 2), (3, 3, 2, 3), (1, 1), ((1, 1), (1, 1)), impl='matmul',
-                        backend='cpu') == 'im2col_grad'
+  assert conv.conv_form((1, 6, 6, 2), (3, 3, 2, 3), (1, 1), ((1, 1), (1, 1)), 'matmul') == 'im2col_grad'
 
 
 def test_grouped_dilated_and_string_padding_fall_back_to_xla():
@@ -93,17 +90,13 @@ def test_model_forward_and_grads_same_under_both_impls():
   for name in ('resnet50_atto',):
     results = []
     for impl in ('xla', 'matmul'):
-      conv.set_conv_impl(impl)
-      try:
-        model = registry.create(name, num_classes=5, seed=0)
-        graph, params, rest = nnx.split(model, nnx.Param, ...)
+      model = registry.create(name, num_classes=5, seed=0, kernels=Kernels(conv=impl))
+      graph, params, rest = nnx.split(model, nnx.Param, ...)
 
-        def loss(p):
-          logits, _ = nnx.merge(graph, p, rest, copy=True)(x, train=False)
-          return jnp.sum(jnp.sin(logits)), logits
-        results.append(jax.jit(jax.grad(loss, has_aux=True))(params))
-      finally:
-        conv.set_conv_impl('auto')
+      def loss(p):
+        logits, _ = nnx.merge(graph, p, rest, copy=True)(x, train=False)
+        return jnp.sum(jnp.sin(logits)), logits
+      results.append(jax.jit(jax.grad(loss, has_aux=True))(params))
     (g0, y0), (g1, y1) = results
     assert _rel(y1, y0) <= 1e-4
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
@@ -111,9 +104,12 @@ def test_model_forward_and_grads_same_under_both_impls():
 
 
 
-def test_every_dense_conv_of_the_zoo_uses_the_dispatch():
+def test_every_dense_conv_of_the_zoo_computes_in_the_models_form():
+  chosen = Kernels(conv='matmul')
   for name in ('convnext_atto', 'slak_atto', 'swin_atto', 'cswin_atto', 'resnet_atto'):
-    model = nnx.eval_shape(lambda: registry.create(name, num_classes=5, seed=0))
+    model = nnx.eval_shape(lambda: registry.create(name, num_classes=5, seed=0, kernels=chosen))
     convs = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.Conv)]
-    assert convs and all(m.conv_general_dilated is conv.conv_general_dilated for m in convs), name
-  assert layers.conv(3, 4, 1, rngs=nnx.Rngs(0)).conv_general_dilated is conv.conv_general_dilated
+    assert convs and all(m.conv_general_dilated == conv.ConvGeneralDilated('matmul')
+                         for m in convs), name
+  assert (layers.conv(3, 4, 1, kernels=Kernels(), rngs=nnx.Rngs(0)).conv_general_dilated
+          == conv.ConvGeneralDilated('xla'))

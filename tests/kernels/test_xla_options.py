@@ -7,15 +7,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lkd_jax import xla_options
+from lkd_jax import kernels
+from lkd_jax.kernels import xla_options
 from lkd_jax.models import registry
 
 
 def _train_grad(options):
-  """Compiled HLO text and parameter gradients of a tiny ResNet-50's train-mode loss."""
+  """Compiled HLO text and parameter gradients of a tiny ResNet-50's train-mode loss, with the
+  forms a CPU run resolves to."""
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
-  graph, params, rest = nnx.split(registry.create('resnet50_atto', num_classes=5, seed=0),
-                                  nnx.Param, ...)
+  model = registry.create('resnet50_atto', num_classes=5, seed=0,
+                          kernels=kernels.resolve({}, jax.default_backend()))
+  graph, params, rest = nnx.split(model, nnx.Param, ...)
 
   def loss(p):
     logits, _ = nnx.merge(graph, p, rest, copy=True)(x, train=True)
@@ -39,12 +42,12 @@ def test_options_move_only_the_convolutions_and_keep_the_gradients():
     assert float(jnp.max(jnp.abs(a - b))) <= 1e-4 * (float(jnp.max(jnp.abs(b))) + 1e-6)
 
 
-def test_no_options_off_cpu_or_where_they_would_change_nothing(monkeypatch):
-  options = xla_options.compiler_options.__wrapped__
-  assert options('gpu') is None and options('tpu') is None
-  same = collections.Counter({('convolution',): 1, ('dot',): 1})
-  monkeypatch.setattr(xla_options, '_probe_fusions', lambda opts: same)
-  assert options('cpu') is None  # the flag did not take the convolution off YNNPACK.
-  monkeypatch.setattr(xla_options, '_probe_fusions',
-                      lambda opts: same if opts is None else collections.Counter({('dot',): 2}))
-  assert options('cpu') is None  # it moved something else too.
+def test_no_options_off_cpu_or_where_they_would_change_nothing():
+  assert xla_options.compiler_options('gpu') is None and xla_options.compiler_options('tpu') is None
+  default = collections.Counter({('convolution',): 1, ('dot',): 1})
+  assert xla_options.options_for(default, collections.Counter({('dot',): 1})) is not None
+  # The flag did not take the convolution off YNNPACK; it moved something else too; it failed.
+  assert xla_options.options_for(default, default) is None
+  assert xla_options.options_for(default, collections.Counter({('dot',): 2})) is None
+  assert xla_options.options_for(default, None) is None
+  assert xla_options.options_for(collections.Counter({('dot',): 1}), None) is None

@@ -1,7 +1,8 @@
 """Dense (non-grouped) 2-D convolution for `nnx.Conv`, chosen per platform and shape.
 
-Every dense conv in the zoo is built by `layers.conv`, which hands `conv_general_dilated` below to
-`nnx.Conv` (same parameters, same checkpoints). Implementations:
+Every dense conv in the zoo is built by `layers.conv`, which hands `nnx.Conv` a
+`ConvGeneralDilated(form)` (same parameters, same checkpoints; the form is the model's
+`kernels.conv`). Forms:
 
 - `xla`: `lax.conv_general_dilated`, everywhere. XLA:CPU runs the kernel gradient of a 1x1 conv
   as a convolution several times slower than the matmul it is, which made the ResNet-50 train step
@@ -15,17 +16,21 @@ Every dense conv in the zoo is built by `layers.conv`, which hands `conv_general
   VJP). Measured fwd+bwd speed-ups over `xla` (benchmarks/dense_conv.py, 2-core CPU, batch 8): on
   an AVX2 VM with XLA's convs on YNNPACK, 1x1 2.4-5.8x, patchify 2.7-2.9x, ResNet-50's 7x7/2 stem
   2.4x, its 3x3 convs 1.0-1.2x; on an AVX-512 VM with them on Eigen, 1x1 0.8-1.5x, patchify 1.2-1.6x.
-- `auto`: `matmul` on CPU, `xla` on GPU/TPU (whose convolution libraries are matmul-based already);
-  except that on AVX-512 CPUs the kxk convs that are not patchify stay `xla`: there XLA's own kernel
-  gradient beats the rows of matmuls (batch 8, fwd+bwd, XLA's convs on Eigen as lkd_jax.xla_options
-  sets them: ResNet-50's 3x3 convs 30-40 vs 33-48 ms, a tie at 7x7, its stem 38 vs 58 ms; the train
-  step 1.61 vs 1.72 s; benchmarks/README.md), while on an AVX2 VM, with XLA's convs then on
-  YNNPACK, they were 1.1-1.5x (3x3) and 3.2x (stem) slower (benchmarks/results/dense_conv_cpu.json).
+- `matmul_reshape`: `matmul`'s 1x1 and patchify forms (a reshape and one matmul); other kernels
+  XLA's conv. On AVX-512 CPUs XLA's own kernel gradient beats the rows of matmuls (batch 8,
+  fwd+bwd, XLA's convs on Eigen as kernels/xla_options.py sets them: ResNet-50's 3x3 convs 30-40 vs
+  33-48 ms, a tie at 7x7, its stem 38 vs 58 ms; the train step 1.61 vs 1.72 s; benchmarks/README.md),
+  while on an AVX2 VM, with XLA's convs then on YNNPACK, they were 1.1-1.5x (3x3) and 3.2x (stem)
+  slower (benchmarks/results/dense_conv_cpu.json).
+
+`auto` (kernels.resolve) is `matmul` on CPU, `matmul_reshape` on AVX-512 CPUs, `xla` on GPU/TPU
+(whose convolution libraries are matmul-based already).
 
 All forms give the convolution's output and gradients up to float rounding (tests/models/test_conv.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Sequence
 
@@ -33,12 +38,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lkd_jax import environment
-from lkd_jax.models.switch import ImplSwitch
-
-CONV_IMPLS = ('auto', 'xla', 'matmul')
-_SWITCH = ImplSwitch('conv', CONV_IMPLS, auto=('matmul', 'xla'))
-set_conv_impl, get_conv_impl = _SWITCH.set, _SWITCH.get
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -142,9 +141,9 @@ def _is_nhwc(dimension_numbers: Any, lhs_ndim: int) -> bool:
 
 
 def conv_form(x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[int],
-              padding: Any, backend: str | None = None, impl: str | None = None) -> str:
-  """Which form a conv of these shapes takes: 'pointwise', 'patchify', 'im2col_grad' or 'xla'."""
-  asked, impl = impl or _SWITCH.get(), _SWITCH.resolve(impl, backend)
+              padding: Any, impl: str) -> str:
+  """Which form a conv of these shapes takes under `impl` (one of kernels.CONV_FORMS):
+  'pointwise', 'patchify', 'im2col_grad' or 'xla'."""
   if impl == 'xla':
     return 'xla'
   kh, kw = w_shape[0], w_shape[1]
@@ -156,25 +155,20 @@ def conv_form(x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[
     return 'pointwise'
   if (kh, kw) == tuple(strides) and no_pad:
     return 'patchify'
-  return 'xla' if asked == 'auto' and _host_isa() == 'avx512f' else 'im2col_grad'
-
-
-@functools.cache
-def _host_isa() -> str:
-  return environment.cpu_isa()
+  return 'xla' if impl == 'matmul_reshape' else 'im2col_grad'
 
 
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
                          lhs_dilation: Sequence[int] | None = None,
                          rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
                          feature_group_count: int = 1, precision: Any = None,
-                         impl: str | None = None, **kwargs) -> jax.Array:
-  """Drop-in for `lax.conv_general_dilated` (as `nnx.Conv` calls it); `impl` overrides the global."""
+                         impl: str = 'xla', **kwargs) -> jax.Array:
+  """Drop-in for `lax.conv_general_dilated` (as `nnx.Conv` calls it) computing in form `impl`."""
   plain = (feature_group_count == 1 and not any(kwargs.values())  # out_sharding, preferred type
            and all(d == 1 for d in (lhs_dilation or (1, 1)))
            and all(d == 1 for d in (rhs_dilation or (1, 1)))
            and _is_nhwc(dimension_numbers, lhs.ndim))
-  form = conv_form(lhs.shape, rhs.shape, tuple(window_strides), padding, impl=impl) if plain else 'xla'
+  form = conv_form(lhs.shape, rhs.shape, tuple(window_strides), padding, impl) if plain else 'xla'
   if form == 'pointwise':
     return _pointwise(lhs, rhs, tuple(window_strides), precision)
   if form == 'patchify':
@@ -184,3 +178,13 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                   dimension_numbers, feature_group_count, precision=precision,
                                   **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvGeneralDilated:
+  """`conv_general_dilated` in one form, for `nnx.Conv(conv_general_dilated=...)`; compared by value,
+  so two models built with the same Kernels have equal graph definitions."""
+  form: str = 'xla'
+
+  def __call__(self, *args, **kwargs) -> jax.Array:
+    return conv_general_dilated(*args, impl=self.form, **kwargs)

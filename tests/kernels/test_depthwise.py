@@ -1,15 +1,14 @@
-"""Every depthwise implementation gives the grouped conv's output and gradients (tiny shapes)."""
+"""Every depthwise form gives the grouped conv's output and gradients (tiny shapes)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lkd_jax.models import depthwise as dw
-from lkd_jax.models import layers
+from lkd_jax.kernels import DEPTHWISE_FORMS, DepthwiseOptions, Kernels
+from lkd_jax.kernels import depthwise as dw
 
-# Single forms, and forward/backward pairs: those `auto` picks, and one it no longer does.
-IMPLS = ['xla', 'shift', 'shift_cb', 'fft', 'fft1d', 'toeplitz', 'toeplitz_cm', 'fft1d/toeplitz',
-         'shift_cb/toeplitz', 'shift_cb/fft']
+# Single forms, and the forward/backward pairs `auto` picks.
+IMPLS = list(DEPTHWISE_FORMS) + ['shift_cb/toeplitz', 'shift_cb/fft']
 # (x shape, kernel hw): square/rectangular, kernels longer than 2H-1 (cropped), 1-wide, 1x1; batch-2
 # 7x7 and 5x11 have >= 49 taps (the FFT kernel gradient on maps larger than these).
 CASES = [((1, 12, 10, 3), (5, 5)), ((2, 8, 7, 3), (7, 3)), ((1, 8, 7, 2), (3, 9)),
@@ -36,6 +35,16 @@ def _rel(a, b):
   return float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-12))
 
 
+def conv(impl: str, **options):
+  """depthwise_conv in form `impl`, the forms tuned by `options` (DepthwiseOptions' fields)."""
+  kernels = Kernels(depthwise=impl, platform='cpu', depthwise_options=DepthwiseOptions(**options))
+  return lambda x, k: dw.depthwise_conv(x, k, kernels)
+
+
+def _barriers(f, x) -> int:
+  return str(jax.make_jaxpr(f)(x)).count(' cond[')
+
+
 @pytest.mark.parametrize('impl', IMPLS)
 @pytest.mark.parametrize('shape,ks', CASES)
 def test_output_and_grads_match_grouped_conv(impl, shape, ks):
@@ -44,43 +53,33 @@ def test_output_and_grads_match_grouped_conv(impl, shape, ks):
   def out_and_grads(f):
     loss = lambda x, k: jnp.sum(jnp.sin(f(x, k)) * jnp.arange(x.shape[2], dtype=x.dtype)[:, None])
     return jax.jit(lambda x, k: (f(x, k), jax.grad(loss, (0, 1))(x, k)))(x, k)
-  y, (gx, gk) = out_and_grads(lambda x, k: dw.depthwise_conv(x, k, impl))
+  y, (gx, gk) = out_and_grads(conv(impl))
   ry, (rx, rk) = out_and_grads(_ref)
   assert _rel(y, ry) <= 1e-4 and _rel(gx, rx) <= 1e-4 and _rel(gk, rk) <= 1e-4
 
 
-@pytest.mark.parametrize('ks,loops', [((7, 7), 3), ((5, 7), 2)])
-def test_shift_cb_channel_blocks_and_loops(monkeypatch, ks, loops):
-  monkeypatch.setattr(dw, 'SHIFT_CB_CHUNK_TAPS', 20)  # 49 / 35 taps: 3 / 2 loops of 17 / 18 taps.
-  x, k = _data((3, 9, 10, 11), ks)  # 11 channels: two blocks of 8, the second zero-padded.
-  f = jax.jit(lambda x: dw.depthwise_conv(x, k, 'shift_cb'))
-  assert str(jax.make_jaxpr(f)(x)).count(' cond[') == loops + 1  # each loop's sum and the input written.
+@pytest.mark.parametrize('ks,loops', [((7, 7), 1), ((11, 5), 2), ((9, 13), 3)])
+def test_shift_cb_channel_blocks_and_loops(ks, loops):
+  # 49 / 55 / 117 taps: loops of at most 50 (SHIFT_CB_CHUNK_TAPS), split evenly; one band.
+  x, k = _data((3, 9, 14, 11), ks)  # 11 channels: two blocks of 8, the second zero-padded.
+  f = jax.jit(lambda x: conv('shift_cb', bands=1)(x, k))
+  assert _barriers(f, x) == loops + 1  # each loop's sum and the input written.
   assert _rel(f(x), _ref(x, k)) <= 1e-5
 
 
-def test_shift_cb_bands_sum_only_taps_that_reach_the_map(monkeypatch):
+def test_shift_cb_bands_sum_only_taps_that_reach_the_map():
   # 9 rows, 11-row kernel, 5 zero rows before: the top band's first 3 kernel rows and the bottom
   # band's last 3 read only padding.
   assert dw.row_bands(9, 11, 5, 3) == [(0, 3, 3, 11), (3, 6, 0, 11), (6, 9, 0, 8)]
   assert dw.row_bands(14, 27, 13, 1) == [(0, 14, 0, 27)]
-  monkeypatch.setattr(dw, 'SHIFT_CB_BANDS', 3)
-  # Loops of at most 50 taps per band, plus the input written: 11x5 -> bands of 8, 11 and 8 kernel
-  # rows (40, 55, 40 taps: 1 + 2 + 1 loops); 5x11 banded along W (10 columns: 8, 11, 9 rows); 9x9 ->
-  # 7, 9, 7 rows (63, 81, 63 taps: 2 loops each).
+  # 3 bands; loops of at most 50 taps per band, plus the input written: 11x5 -> bands of 8, 11 and
+  # 8 kernel rows (40, 55, 40 taps: 1 + 2 + 1 loops); 5x11 banded along W (10 columns: 8, 11, 9
+  # rows); 9x9 -> 7, 9, 7 rows (63, 81, 63 taps: 2 loops each).
   for ks, conds in [((11, 5), 5), ((5, 11), 5), ((9, 9), 7)]:
     x, k = _data((2, 9, 10, 11), ks)
-    f = jax.jit(lambda x: dw.depthwise_conv(x, k, 'shift_cb'))
-    assert str(jax.make_jaxpr(f)(x)).count(' cond[') == conds
+    f = jax.jit(lambda x: conv('shift_cb', bands=3)(x, k))
+    assert _barriers(f, x) == conds
     assert _rel(f(x), _ref(x, k)) <= 1e-5
-
-
-@pytest.mark.parametrize('ks', [(7, 3), (3, 9)])
-def test_toeplitz_cm_runs_batch_chunks(monkeypatch, ks):
-  monkeypatch.setattr(dw, 'TOEPLITZ_CM_CHUNK', 2)  # batch 5: a loop over 2 chunks, then 1 image.
-  x, k = _data((5, 6, 7, 3), ks)
-  f = jax.jit(lambda x: dw.depthwise_conv(x, k, 'toeplitz_cm'))
-  assert 'scan' in str(jax.make_jaxpr(f)(x))
-  assert _rel(f(x), _ref(x, k)) <= 1e-5
 
 
 def test_crop_keeps_only_taps_that_see_the_map():
@@ -92,12 +91,18 @@ def test_crop_keeps_only_taps_that_see_the_map():
 
 def test_even_kernel_falls_back_to_grouped_conv_shape():
   x, k = _data((1, 6, 6, 2), (4, 3))
-  y = dw.depthwise_conv(x, k, 'fft')
+  y = conv('fft')(x, k)
   assert y.shape == _ref(x, k).shape == (1, 7, 6, 2)
   assert _rel(y, _ref(x, k)) <= 1e-6
 
 
-def test_auto_rules_and_setter():
+def test_uncropped_kernel_same_output():
+  x, k = _data((1, 4, 5, 2), (11, 3))
+  for impl in ('xla', 'shift'):
+    assert _rel(conv(impl, crop=False)(x, k), _ref(x, k)) <= 1e-5
+
+
+def test_auto_rules_and_names():
   assert dw.pick_auto((1, 56, 56, 8), (5, 5, 8), 'gpu') == 'xla'
   assert dw.pick_auto((1, 56, 56, 8), (5, 5, 8), 'cpu') == 'shift'
   assert dw.pick_auto((8, 7, 7, 8), (5, 5, 8), 'cpu') == 'shift'
@@ -116,29 +121,21 @@ def test_auto_rules_and_setter():
   assert dw.pick_auto((8, 28, 28, 8), (49, 49, 8), 'cpu') == 'fft'
   assert dw.pick_auto((1, 14, 14, 8), (47, 47, 8), 'cpu') == 'shift_cb/fft'
   x, k = _data((1, 6, 5, 2), (3, 3))
-  try:
-    layers.set_depthwise_impl('fft')
-    assert dw.get_depthwise_impl() == 'fft' == layers.get_depthwise_impl()
-    assert _rel(layers.depthwise_conv(x, k), _ref(x, k)) <= 1e-4
-  finally:
-    layers.set_depthwise_impl('auto')
+  assert _rel(dw.depthwise_conv(x, k, Kernels(depthwise='auto', platform='cpu')), _ref(x, k)) <= 1e-5
   with pytest.raises(ValueError, match='Unknown depthwise impl'):
-    layers.set_depthwise_impl('nope')
+    Kernels(depthwise='nope')
   with pytest.raises(ValueError, match="'inference/training' pair"):
-    dw.depthwise_conv(x, k, 'fft/nope')
+    Kernels(depthwise='fft/nope')
+  with pytest.raises(ValueError, match='give Kernels a platform'):
+    Kernels(depthwise='auto')
 
 
-def test_pair_uses_inference_form_without_gradient(monkeypatch):
-  seen = []
-  for name in ('fft', 'toeplitz'):
-    impl = dw._IMPLS[name]
-    monkeypatch.setitem(dw._IMPLS, name, lambda *a, impl=impl, name=name: seen.append(name) or impl(*a))
+def test_pair_uses_inference_form_without_gradient():
   x, k = _data((1, 8, 8, 2), (5, 3))
-  jax.jit(lambda x: dw.depthwise_conv(x, k, 'fft/toeplitz'))(x)
-  assert seen == ['fft']
-  seen.clear()
-  jax.jit(jax.grad(lambda x: jnp.sum(dw.depthwise_conv(x, k, 'fft/toeplitz') ** 2)))(x)
-  assert seen == ['toeplitz']
+  forward = str(jax.make_jaxpr(lambda x: conv('fft/toeplitz')(x, k))(x))
+  backward = str(jax.make_jaxpr(jax.grad(lambda x: jnp.sum(conv('fft/toeplitz')(x, k) ** 2)))(x))
+  assert ' fft[' in forward and 'dot_general' not in forward  # the FFT form alone.
+  assert ' fft[' not in backward and 'dot_general' in backward  # the banded matmul, both ways.
 
 
 def test_toeplitz_matrix_is_banded_kernel():
@@ -150,11 +147,10 @@ def test_toeplitz_matrix_is_banded_kernel():
 
 @pytest.mark.parametrize('form', sorted(dw._KERNEL_GRADS))
 @pytest.mark.parametrize('shape,ks', [CASES[0], CASES[3], CASES[4], CASES[5], CASES[10]])
-def test_shift_kernel_gradient_forms(monkeypatch, form, shape, ks):
-  monkeypatch.setattr(dw, 'KERNEL_GRAD_FORM', form)
+def test_shift_kernel_gradient_forms(form, shape, ks):
   x, k = _data(shape, ks)
   loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
-  gx, gk = jax.jit(jax.grad(loss(lambda x, k: dw.depthwise_conv(x, k, 'shift')), (0, 1)))(x, k)
+  gx, gk = jax.jit(jax.grad(loss(conv('shift', kernel_grad=form)), (0, 1)))(x, k)
   rx, rk = jax.grad(loss(_ref), (0, 1))(x, k)
   assert _rel(gx, rx) <= 1e-4 and _rel(gk, rk) <= 1e-4
 
@@ -175,26 +171,34 @@ def _slices_per_computation(fn, x, k) -> list[int]:
   return [c.count(' slice(') for c in txt.split('\n\n')]
 
 
-def _tap_sum_fusions(x, k) -> int:
+def _tap_sum_fusions(x, k, materialize: bool) -> int:
   """Fused computations holding a 25-tap sum (25+ slices) in the compiled gradient of sum(y**2)."""
-  # A new function each call: jit would reuse a trace made under the other MATERIALIZE.
-  grad = jax.grad(lambda x, k: jnp.sum(jnp.square(dw.depthwise_conv(x, k, 'shift'))), (0, 1))
+  grad = jax.grad(lambda x, k: jnp.sum(jnp.square(conv('shift', materialize=materialize)(x, k))),
+                  (0, 1))
   return sum(n >= 25 for n in _slices_per_computation(grad, x, k))
 
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason="XLA:CPU's fusion decisions")
-def test_shift_output_is_computed_once(monkeypatch):
+def test_shift_output_is_computed_once():
   # The loss and the backward read y in several fusions; unwritten, XLA:CPU recomputes the 25-tap
   # sum in each (the kernel gradient's 25 tap fusions included).
   x, k = _data((2, 9, 9, 16), (5, 5))
-  assert _tap_sum_fusions(x, k) == 2  # the forward and the input gradient.
-  monkeypatch.setattr(dw, 'MATERIALIZE', False)
-  assert _tap_sum_fusions(x, k) > 25
+  assert _tap_sum_fusions(x, k, materialize=True) == 2  # the forward and the input gradient.
+  assert _tap_sum_fusions(x, k, materialize=False) > 25
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason="XLA:CPU's fusion decisions")
+def test_optimization_barrier_does_not_stop_the_fusion():
+  """Why `fusion_barrier` is a conditional: XLA:CPU fuses through `optimization_barrier`."""
+  x, k = _data((2, 9, 9, 16), (5, 5))
+  y = lambda x, k: jax.lax.optimization_barrier(conv('shift', materialize=False)(x, k))
+  grad = jax.grad(lambda x, k: jnp.sum(jnp.square(y(x, k))), (0, 1))
+  assert sum(n >= 25 for n in _slices_per_computation(grad, x, k)) > 25
 
 
 @pytest.mark.skipif(jax.default_backend() != 'cpu', reason='chunks are written once on CPU only')
 def test_long_shift_sums_run_in_chunks():
   """A 13x13 shift sum (169 taps) is several fused loops of whole kernel rows, not one."""
   x, k = _data((1, 9, 8, 2), (13, 13))
-  slices = _slices_per_computation(lambda x, k: dw.depthwise_conv(x, k, 'shift'), x, k)
+  slices = _slices_per_computation(conv('shift'), x, k)
   assert sum(slices) >= 169 and max(slices) <= 2 * dw.SHIFT_CHUNK_TAPS + 2
