@@ -47,9 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
   c.depthwise_impl = 'auto'
-  c.conv_impl = 'auto'         # dense convs: 'auto' (matmul forms on CPU, XLA conv elsewhere), 'xla', 'matmul'.
-  c.layer_norm_impl = 'auto'   # LayerNorm statistics: 'auto' ('dot/reduce' on CPU, else 'reduce'), 'reduce', 'dot', 'dot/reduce'.
-  c.host_malloc = 'auto'       # glibc malloc kept warm for XLA:CPU (lkd_jax/host_malloc.py): 'auto' (CPU runs), 'tuned', 'system'.
+  c.conv_impl = 'auto'         # dense convs: 'auto' (matmul forms on CPU, XLA conv elsewhere), 'xla', 'matmul', 'matmul_reshape'.
+  c.layer_norm_impl = 'auto'   # LayerNorm statistics: 'auto' ('dot/reduce' on CPU, else 'reduce'), 'reduce', 'dot/reduce'.
+  c.host_malloc = 'auto'       # glibc malloc kept warm for XLA:CPU (lkd_jax/kernels/host_malloc.py): 'auto' (CPU runs), 'tuned', 'system'.
   c.evals = ''                 # '+'-joined evaluation suites run at the end (lkd_jax/evaluate/sets.py:
                                # imagenet_a+imagenet_r+imagenet_c, synthetic_c, ...); in final_metrics.json
   c.eval_options = ml_collections.ConfigDict({'num_eval': 0})  # evaluate.options() overrides

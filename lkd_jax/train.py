@@ -57,6 +57,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str, pending_stages: tu
       sharding.check_batch_size(config[key], sharding.make_mesh(), key)
     except ValueError as e:
       raise SetupError(str(e)) from None
+  kernels.resolve(config, jax.default_backend())  # an unknown kernel name fails here.
   if method.needs_teacher:
     teacher_lib.check(config, workdir, pending_stages)
   return config, method
