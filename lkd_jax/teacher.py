@@ -65,8 +65,13 @@ def check(config: ml_collections.ConfigDict, workdir: str, pending_stages: tuple
                      'lkd_jax run directory, a converted directory or a .pth/.npz/.safetensors file.')
   if is_run_dir(path):
     _check_run_dir(path, config)
-  elif p.is_file() and p.suffix.lower() not in CHECKPOINT_SUFFIXES:
-    raise SetupError(f'Teacher checkpoint {path}: unknown file type {p.suffix!r}; want one of '
+  else:
+    _check_suffix(p, 'Teacher checkpoint')
+
+
+def _check_suffix(p: epath.Path, what: str) -> None:
+  if p.is_file() and p.suffix.lower() not in CHECKPOINT_SUFFIXES:
+    raise SetupError(f'{what} {p}: unknown file type {p.suffix!r}; want one of '
                      f'{", ".join(CHECKPOINT_SUFFIXES)}, a converted directory or a run directory.')
 
 
@@ -92,23 +97,12 @@ def load(config: ml_collections.ConfigDict, workdir: str, num_classes: int, kern
          ) -> tuple[Any, Any, dict[str, Any]]:
   """(graphdef, state in teacher.dtype, source) of the frozen teacher; `source` records what was loaded."""
   check(config, workdir)
-  path = resolve_path(config.teacher.checkpoint, workdir)
-  form = config.teacher.inference_form
-  if is_run_dir(path):
-    model, step = load_run_model(path, kernels)
-    teacher = merge_large_kernels(model, form)
-    final = rundir.read_final(path) or {}
-    source = {'kind': 'run', 'step': step, 'config_digest': final.get('config_digest'),
-              'accuracy': final.get('accuracy')}
-  else:
-    from lkd_jax import convert
-    teacher = convert.load_teacher(path, config.teacher.name, num_classes, inference_form=form,
-                                   kernels=kernels, **config.teacher.kwargs)
-    source = {'kind': 'converted' if epath.Path(path).is_dir() else 'file', 'sha256': _sha256(path)}
-  source = {'checkpoint': config.teacher.checkpoint, 'path': os.path.abspath(path),
-            'model': config.teacher.name, **source}
+  teacher, source = load_model(resolve_path(config.teacher.checkpoint, workdir), config.teacher.name,
+                               num_classes, inference_form=config.teacher.inference_form,
+                               kernels=kernels, **config.teacher.kwargs)
   graph, state = nnx.split(teacher)
-  return graph, step_lib.cast_floats(state, config.teacher.dtype), source
+  return (graph, step_lib.cast_floats(state, config.teacher.dtype),
+          {'checkpoint': config.teacher.checkpoint, **source})
 
 
 def load_run_model(run_dir: str, kernels: Kernels) -> tuple[nnx.Module, int]:
@@ -146,14 +140,14 @@ def load_model(checkpoint: str, name: str | None = None, num_classes: int = 1000
       raise SetupError(f'Run {checkpoint} trained model {run_model!r}, not {name!r}; drop the model '
                        'name or name that one.')
     model, step = load_run_model(checkpoint, kernels)
-    record = {'kind': 'run', 'step': step, 'model': run_model, 'inference_form': inference_form}
+    final = rundir.read_final(checkpoint) or {}
+    record = {'kind': 'run', 'step': step, 'model': run_model, 'inference_form': inference_form,
+              'config_digest': final.get('config_digest'), 'accuracy': final.get('accuracy')}
     return merge_large_kernels(model, inference_form), {'path': os.path.abspath(checkpoint), **record}
   if not name:
     raise SetupError(f'{checkpoint} is not an lkd_jax run directory: name its model '
                      '(python -m lkd_jax.models --list).')
-  if p.is_file() and p.suffix.lower() not in CHECKPOINT_SUFFIXES:
-    raise SetupError(f'Checkpoint {checkpoint}: unknown file type {p.suffix!r}; want one of '
-                     f'{", ".join(CHECKPOINT_SUFFIXES)}, a converted directory or a run directory.')
+  _check_suffix(p, 'Checkpoint')
   from lkd_jax import convert
   model = convert.load_teacher(checkpoint, name, num_classes, inference_form=inference_form,
                                kernels=kernels, **model_kw)
