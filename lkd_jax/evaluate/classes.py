@@ -4,8 +4,9 @@ Source: timm's `timm/data/_info/imagenet_a_indices.txt` and `imagenet_r_indices.
 (huggingface/pytorch-image-models). The paper's robustness code restricts the logits the same way
 (`logits[:, indices_in_1k]`, `logits[:, imagenet_r_mask]`, after Hendrycks' evaluation code). Both
 lists are in the order of the datasets' label files (their folders' WordNet ids, sorted), which is
-ascending index order since ImageNet-1k's classes are indexed by sorted wnid; IMAGENET_A maps onto
-timm's `imagenet_a_synsets.txt` through TFDS's imagenet2012 label names (tested). TFDS's
+ascending index order since ImageNet-1k's classes are indexed by sorted wnid; through TFDS's
+imagenet2012 label names IMAGENET_A maps onto timm's `imagenet_a_synsets.txt` and IMAGENET_R onto
+Hendrycks' `imagenet_r_wnids` (both tested). TFDS's
 imagenet_a / imagenet_r labels are already ImageNet-1k indices: the lists only restrict the argmax.
 """
 
