@@ -1,4 +1,4 @@
-"""Fused KD step throughput, JAX vs an equivalent PyTorch step, same batch, alternating in one run.
+"""Fused KD step throughput: the library's own step vs the same recipe in PyTorch, alternating in one run.
 
     python benchmarks/kd_step.py --json --out benchmarks/results/kd_step_cpu.json
     python benchmarks/kd_step.py --json --batch 8 --pairs slak_t:resnet50 --reps 3
@@ -6,36 +6,29 @@
     python benchmarks/kd_step.py --json --torch-teacher-form merged_decom   # same folding both sides
     python benchmarks/kd_step.py --json --batch 64 --reps 10 --peak-tflops 989   # H100 SXM bf16 peak
 
-Step = teacher forward in eval mode without gradients (jax.lax.stop_gradient / torch.no_grad) +
-student forward/backward in train mode (BatchNorm batch statistics) + vanilla KD loss
-(0.9 CE + 0.1 KL at T=3, as the paper's code) + AdamW update; one `jax.jit` on the JAX side (the
-student state donated). Also timed: the teacher forward alone (eval), to give the teacher's share of
-the step, the student's part alone (the same step fed teacher logits computed beforehand:
-`*_step_minus_parts_s` = step - teacher forward - student step, the cost or saving of fusing them),
-and SLaK-T forward / ConvNeXt-T forward. Images/s = batch / median step time; each turn
-times its second call (benchmarks/timing.py); `*_minor_faults` counts one more step's page faults.
-The whole process, PyTorch included, runs with --host-malloc (default `auto`: `tuned` where JAX
-runs on CPU, as lkd_jax.main does: lkd_jax/kernels/host_malloc.py; `system` keeps glibc's defaults).
-Several --pairs run each in a fresh process of this script (--same-process: all in this one): with
-the tuned malloc, a JAX program run after a bigger one was freed ran up to 21% slower
-(benchmarks/README.md, Fused KD step). --pairs are registered lkd_jax models; PyTorch equivalents
-exist for slak_t, convnext_t and resnet50, other pairs run their JAX side alone (noted).
-The PyTorch models are minimal equivalents written here (no timm/torchvision): SLaK-T (width 1.3,
-decomposed Kx5 + 5xK + 5x5 depthwise branches with BN), ConvNeXt-T (official: 7x7 dw with bias),
-ResNet-50 (torchvision v1.5). torch is optional; without it only the JAX side runs.
-A SLaK teacher runs in --teacher-form on the JAX side (default `merged_decom`, configs/slak_kd.py's
-default: BN and the 5x5 branch folded into the Kx5 / 5xK kernels, lkd_jax/models/slak.py) and in
---torch-teacher-form on the PyTorch side (default `branches`: the three conv+BN branches, as the
-paper's KD code runs its teacher; `merged_decom` / `merged` give it the same folded convs).
-The teacher computes in --teacher-dtype (default: bfloat16 where JAX runs on an accelerator, as
-configs/slak_kd.py runs it, float32 on CPU) through lkd_jax.step.teacher_forward, and PyTorch's
-teacher under autocast to the same dtype; the students train in float32. On a GPU PyTorch runs on
-CUDA with TF32 matmuls and convolutions (JAX's default precision for float32 there), each of its
-calls synchronized before the clock reads, and JAX's memory pool takes 45% of the card instead of 75%
-(XLA_PYTHON_CLIENT_MEM_FRACTION, unless either spelling is set) to leave PyTorch room.
-`gflop_per_image` counts dense FLOPs, KD step = 2*teacher + 6*student forward GMACs per image, each
-model's counted at --size by lkd_jax.models.macs as `python -m lkd_jax.models --list` does (at 224:
-SLaK-T 8.70, ConvNeXt-T 4.46, ResNet-50 4.09); with --peak-tflops (an accelerator's dense peak) MFU too.
+JAX side: `lkd_jax.step.train_step` as `lkd_jax.train` builds and jits it (train.init_state,
+optim.make, train.jit_train_step) for `configs/slak_kd.py:teacher=T,student=S,method=kd` at --batch
+and --size: uint8 batch -> normalise -> mixup/cutmix with label smoothing -> frozen teacher (its
+inference form and dtype, teacher.freeze) -> student train fwd/bwd -> 0.9 CE + 0.1 KL at T=3 ->
+AdamW (cosine schedule) -> EMA 0.9999 and the finite-state check, the state donated.
+PyTorch side: the same recipe written here (a blend of the batch with its reverse for mixing, label
+smoothing, the teacher under no_grad / autocast, KD loss, AdamW, EMA lerp of the student's floats).
+Also timed: the teacher forward alone (eval), giving the teacher's share of the step.
+Images/s = batch / median step time; each turn times its second call (benchmarks/timing.py);
+`*_minor_faults` counts one more step's page faults. The whole process, PyTorch included, runs with
+--host-malloc (default `auto`: `tuned` where JAX runs on CPU, as lkd_jax.main does:
+lkd_jax/kernels/host_malloc.py). Several --pairs run each in a fresh process of this script
+(--same-process: all in this one): with the tuned malloc a JAX program run after a bigger one was
+freed ran up to 21% slower. --pairs are registered lkd_jax models; PyTorch equivalents exist for
+slak_t, convnext_t and resnet50 (minimal models written here, no timm/torchvision), other pairs run
+their JAX side alone (noted). A SLaK teacher runs in --teacher-form on the JAX side (default
+`merged_decom`, configs/slak_kd.py's) and --torch-teacher-form on the PyTorch side (default
+`branches`, as the paper's KD code runs it). The teacher computes in --teacher-dtype (default:
+bfloat16 on an accelerator, as configs/slak_kd.py runs it, float32 on CPU); the students train in
+float32. On a GPU PyTorch runs on CUDA with TF32, each call synchronized before the clock reads, and
+JAX's memory pool takes 45% of the card (XLA_PYTHON_CLIENT_MEM_FRACTION unless set) to leave
+PyTorch room. `gflop_per_image` counts dense FLOPs, 2*teacher + 6*student forward GMACs per image
+(lkd_jax.models.macs at --size); with --peak-tflops (an accelerator's dense peak) MFU too.
 """
 from __future__ import annotations
 
@@ -51,17 +44,17 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from emit import add_output_args, device_fields, emit  # noqa: E402  (benchmarks/emit.py, beside this script)
-from lkd_jax import kernels  # noqa: E402
+from configs import slak_kd  # noqa: E402
+from lkd_jax import kernels, optim, sharding, train  # noqa: E402
+from lkd_jax import step as step_lib  # noqa: E402
+from lkd_jax import teacher as teacher_lib  # noqa: E402
 from lkd_jax.kernels import depthwise as dw  # noqa: E402
 from lkd_jax.models import macs  # noqa: E402
 from lkd_jax.models import registry  # noqa: E402
 from lkd_jax.models import slak  # noqa: E402
-from lkd_jax.step import cast_floats, teacher_forward  # noqa: E402
 from timing import add_host_malloc_arg, apply_host_malloc, jit, medians, time_interleaved  # noqa: E402
 from torch_side import (add_torch_device_arg, leave_gpu_memory_for_torch, synced, torch,  # noqa: E402
                         torch_device, torch_fields, use_all_cores)
@@ -80,54 +73,38 @@ def dense_gmacs(name: str, size: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------- JAX
-def kd_loss_jax(s_logits, t_logits, labels):
-  ce = optax.softmax_cross_entropy_with_integer_labels(s_logits, labels).mean()
-  kl = jnp.sum(jax.nn.softmax(t_logits / T) * (jax.nn.log_softmax(t_logits / T)
-                                               - jax.nn.log_softmax(s_logits / T)), -1).mean()
-  return (1 - ALPHA) * ce + ALPHA * kl * T * T
+def run_config(teacher_name: str, student_name: str, a: argparse.Namespace):
+  """configs/slak_kd.py's distillation config for the pair: method kd, the paper's recipe (mixup /
+  cutmix, label smoothing, EMA 0.9999), one micro-step per update at --batch, --size pixels."""
+  return slak_kd.get_config(
+      f'teacher={teacher_name},student={student_name},method=kd,batch={a.batch},eff_batch={a.batch},'
+      f'image_size={a.size},teacher_dtype={a.teacher_dtype},teacher_form={a.teacher_form},'
+      f'steps=1000,num_classes={NUM_CLASSES}')
 
 
-def build_jax(teacher_name, student_name, teacher_form='branches', teacher_dtype='float32',
-              chosen=kernels.Kernels()):
+def build_jax(config, chosen: kernels.Kernels, mesh):
+  """(step, teacher forward) as lkd_jax.train builds them for `config`: the student and its TrainState
+  (train.init_state), the optimizer (optim.make) and train.jit_train_step, i.e. the jitted
+  lkd_jax.step.train_step; the teacher frozen in its inference form and dtype (teacher.freeze)."""
   teacher = slak.merge_large_kernels(
-      registry.create(teacher_name, num_classes=NUM_CLASSES, seed=0, kernels=chosen), teacher_form)
-  student = registry.create(student_name, num_classes=NUM_CLASSES, seed=1, kernels=chosen)
-  t_graph, t_state = nnx.split(teacher)
-  t_state = cast_floats(t_state, jnp.dtype(teacher_dtype))
-  s_graph, s_params, s_stats, s_rest = nnx.split(student, nnx.Param, nnx.BatchStat, ...)
-  tx = optax.adamw(1e-3, weight_decay=0.05)
-  opt_state = tx.init(s_params)
+      registry.create(config.teacher.name, num_classes=NUM_CLASSES, seed=0, kernels=chosen),
+      config.teacher.inference_form)
+  t_graph, t_state = sharding.put_replicated(teacher_lib.freeze(teacher, config.teacher.dtype), mesh)
+  student = registry.create(config.model.name, num_classes=NUM_CLASSES, seed=1, kernels=chosen,
+                            **config.model.kwargs)
+  tx, lr_fn = optim.make(config, config.total_steps)
+  state, graphs = train.init_state(config, student, None, tx)
+  graphs = graphs._replace(teacher=t_graph)
+  step = train.jit_train_step(config, graphs, tx, lr_fn, mesh)
+  box = {'state': sharding.put_replicated(state, mesh)}
 
-  def teacher_fwd(t_state, x):
-    return teacher_forward(t_graph, t_state, x, jnp.dtype(teacher_dtype))[0]
+  def run_step(batch):
+    box['state'], metrics = step(box['state'], t_state, batch)
+    jax.block_until_ready(metrics)
 
-  def student_update(s_params, s_stats, opt_state, t_logits, x, labels):
-    def loss_fn(params):
-      model = nnx.merge(s_graph, params, s_stats, s_rest, copy=True)
-      logits, _ = model(x, train=True)
-      return kd_loss_jax(logits, t_logits, labels), nnx.state(model, nnx.BatchStat)
-    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(s_params)
-    updates, opt_state = tx.update(grads, opt_state, s_params)
-    return optax.apply_updates(s_params, updates), new_stats, opt_state, loss
-
-  def step(s_params, s_stats, opt_state, t_state, x, labels):
-    return student_update(s_params, s_stats, opt_state, teacher_fwd(t_state, x), x, labels)
-
-  step_j = jit(step, donate_argnums=(0, 1, 2))
-  student_j = jit(student_update, donate_argnums=(0, 1, 2))
-  tfwd_j = jit(teacher_fwd)
-  state = {'s': (s_params, s_stats, opt_state)}
-
-  def update(fn, *args):
-    p, s, o = state['s']
-    p, s, o, loss = fn(p, s, o, *args)
-    state['s'] = (p, s, o)
-    jax.block_until_ready(loss)
-
-  def run_tfwd(x):
-    return jax.block_until_ready(tfwd_j(t_state, x))
-  return (lambda x, labels: update(step_j, t_state, x, labels), run_tfwd,
-          lambda t_logits, x, labels: update(student_j, t_logits, x, labels))
+  tfwd = jit(lambda ts, images: step_lib.teacher_forward(
+      t_graph, ts, step_lib.normalize(images), jnp.dtype(config.teacher.dtype))[0])
+  return run_step, lambda batch: jax.block_until_ready(tfwd(t_state, batch['image']))
 
 
 # ------------------------------------------------------------------------------------- PyTorch
@@ -230,7 +207,9 @@ if torch is not None:
 
 
 def build_torch(teacher_name, student_name, channels_last, teacher_form='branches', device='cpu',
-                teacher_dtype='float32'):
+                teacher_dtype='float32', config=None):
+  """(step, teacher forward) of the same recipe in PyTorch: mixup (or cutmix's cost-equal blend)
+  with label smoothing, teacher forward under no_grad/autocast, KD loss, AdamW, EMA of the student."""
   build = TORCH_MODELS[teacher_name]
   teacher = (build(teacher_form) if teacher_name == 'slak_t' else build()).eval().to(device)
   student = TORCH_MODELS[student_name]().train().to(device)
@@ -238,22 +217,33 @@ def build_torch(teacher_name, student_name, channels_last, teacher_form='branche
     teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
   t_dtype = getattr(torch, teacher_dtype)
   opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.05)
-
-  def run_student(t_logits, x, labels):
-    s_logits = student(x)
-    kl = F.kl_div(F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1), reduction='batchmean',
-                  log_target=True)
-    loss = (1 - ALPHA) * F.cross_entropy(s_logits, labels) + ALPHA * kl * T * T
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+  ema = [v.detach().clone() for v in student.state_dict().values() if v.is_floating_point()]
+  live = [v for v in student.state_dict().values() if v.is_floating_point()]
+  smoothing, decay = config.mix.label_smoothing, config.ema_decay
 
   def run_tfwd(x):
     with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=t_dtype,
                                          enabled=t_dtype != torch.float32):
       return teacher(x).float()
-  return tuple(synced(f, device) for f in (
-      lambda x, labels: run_student(run_tfwd(x), x, labels), run_tfwd, run_student))
+
+  def run_step(x, labels):
+    lam = 0.7
+    x = x.mul(lam).add_(x.flip(0), alpha=1 - lam)
+    one_hot = F.one_hot(labels, NUM_CLASSES).float()
+    soft = one_hot * (1 - smoothing) + smoothing / NUM_CLASSES
+    targets = lam * soft + (1 - lam) * soft.flip(0)
+    t_logits = run_tfwd(x)
+    s_logits = student(x)
+    kl = F.kl_div(F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1), reduction='batchmean',
+                  log_target=True)
+    ce = torch.sum(-targets * F.log_softmax(s_logits, -1), -1).mean()
+    loss = (1 - ALPHA) * ce + ALPHA * kl * T * T
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+      torch._foreach_lerp_(ema, live, 1 - decay)
+  return tuple(synced(f, device) for f in (run_step, run_tfwd))
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -310,7 +300,7 @@ def main(argv=None):
     a.teacher_dtype = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
   a.torch_device = torch_device(a.torch_device) if use_torch else None
   chosen = kernels.resolve({'conv_impl': a.conv_impl, 'layer_norm_impl': a.layer_norm_impl},
-                           jax.default_backend())
+                           jax.default_backend())  # as train.py resolves a run's config
   rows, notes = _time_pairs(a, pairs, use_torch, chosen)
   _emit_result(a, rows, notes, host_malloc, chosen)
 
@@ -339,9 +329,12 @@ def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool, chosen
   this process; and notes."""
   use_all_cores()
   rng = np.random.default_rng(0)
-  xn = rng.standard_normal((a.batch, a.size, a.size, 3), dtype=np.float32)
   ln = rng.integers(0, NUM_CLASSES, a.batch)
-  x, labels = jnp.asarray(xn), jnp.asarray(ln)
+  mesh = sharding.make_mesh()
+  pixels = rng.integers(0, 256, (a.batch, a.size, a.size, 3), dtype=np.uint8)
+  batch = sharding.global_batch({'image': pixels, 'label': ln.astype(np.int32)}, mesh)
+  xn = ((pixels - np.float32(step_lib.IMAGENET_MEAN)) / np.float32(step_lib.IMAGENET_STD)
+        ).astype(np.float32)
   if use_torch:
     xt = torch.from_numpy(np.ascontiguousarray(xn.transpose(0, 3, 1, 2))).to(a.torch_device)
     if a.torch_layout == 'channels_last':
@@ -354,20 +347,19 @@ def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool, chosen
     if use_torch and not pair_torch:
       notes.append(no_torch_model_note(pair))
     t0 = time.perf_counter()
-    j_step, j_tfwd, j_student = build_jax(tname, sname, a.teacher_form, a.teacher_dtype, chosen)
-    j_step(x, labels)
-    j_logits = j_tfwd(x)
+    config = run_config(tname, sname, a)
+    j_step, j_tfwd = build_jax(config, chosen, mesh)
+    j_step(batch)
+    j_tfwd(batch)
     compile_s = time.perf_counter() - t0
-    fns = {'jax_step': lambda: j_step(x, labels), 'jax_teacher_fwd': lambda: j_tfwd(x),
-           'jax_student_step': lambda: j_student(j_logits, x, labels)}
+    fns = {'jax_step': lambda: j_step(batch), 'jax_teacher_fwd': lambda: j_tfwd(batch)}
     if pair_torch:
       torch.manual_seed(0)
-      t_step, t_tfwd, t_student = build_torch(tname, sname, a.torch_layout == 'channels_last',
-                                              a.torch_teacher_form, a.torch_device, a.teacher_dtype)
+      t_step, t_tfwd = build_torch(tname, sname, a.torch_layout == 'channels_last',
+                                   a.torch_teacher_form, a.torch_device, a.teacher_dtype, config)
       t_step(xt, lt)
-      t_logits = t_tfwd(xt)
-      fns |= {'torch_step': lambda: t_step(xt, lt), 'torch_teacher_fwd': lambda: t_tfwd(xt),
-              'torch_student_step': lambda: t_student(t_logits, xt, lt)}
+      t_tfwd(xt)
+      fns |= {'torch_step': lambda: t_step(xt, lt), 'torch_teacher_fwd': lambda: t_tfwd(xt)}
     res = medians(time_interleaved(fns, a.reps))
     faults = {f'{k}_minor_faults': minor_faults(f) for k, f in fns.items() if k.endswith('_step')}
     gflop_step = round(2 * dense_gmacs(tname, a.size) + 6 * dense_gmacs(sname, a.size), 3)
@@ -376,8 +368,6 @@ def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool, chosen
                **{f'{k}_s': round(v, 4) for k, v in res.items()},
                jax_images_per_s=round(a.batch / res['jax_step'], 2),
                jax_teacher_share=round(res['jax_teacher_fwd'] / res['jax_step'], 3),
-               jax_step_minus_parts_s=round(res['jax_step'] - res['jax_teacher_fwd']
-                                            - res['jax_student_step'], 4),
                teacher_depthwise_impls=sorted({
                    dw.pick_auto((a.batch, a.size // 4 >> i, a.size // 4 >> i, 1), shape,
                                 chosen.platform)
@@ -387,8 +377,6 @@ def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool, chosen
     if pair_torch:
       row |= dict(torch_images_per_s=round(a.batch / res['torch_step'], 2),
                   torch_teacher_share=round(res['torch_teacher_fwd'] / res['torch_step'], 3),
-                  torch_step_minus_parts_s=round(res['torch_step'] - res['torch_teacher_fwd']
-                                                 - res['torch_student_step'], 4),
                   ratio=round(res['jax_step'] / res['torch_step'], 3),
                   teacher_fwd_ratio=round(res['jax_teacher_fwd'] / res['torch_teacher_fwd'], 3))
     if a.peak_tflops:
@@ -421,8 +409,10 @@ def _emit_result(a: argparse.Namespace, rows: list[dict], notes: list[str], host
              torch_teacher_form=a.torch_teacher_form, depthwise_impl=chosen.depthwise,
              conv_impl=chosen.conv, layer_norm_impl=chosen.layer_norm,
              host_malloc=host_malloc,
-             jax_step_note='equivalent fused step built in this script (teacher eval fwd under '
-             'stop_gradient + student train fwd/bwd + KD loss + AdamW, one jax.jit, student donated)',
+             jax_step='lkd_jax.step.train_step, built and jitted by lkd_jax.train.jit_train_step '
+             'for configs/slak_kd.py (method kd)',
+             torch_step='the same recipe written here: blend mixing + label smoothing, teacher '
+             'no_grad fwd, KD loss, AdamW, EMA of the student',
              loss='0.9*CE + 0.1*KL(T=3)*T^2', units='seconds per step (median)', notes=notes,
              summary=_summary(rows), cases=rows)
   emit(out, a.out, a.json)

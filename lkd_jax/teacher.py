@@ -100,9 +100,13 @@ def load(config: ml_collections.ConfigDict, workdir: str, num_classes: int, kern
   teacher, source = load_model(resolve_path(config.teacher.checkpoint, workdir), config.teacher.name,
                                num_classes, inference_form=config.teacher.inference_form,
                                kernels=kernels, **config.teacher.kwargs)
+  return (*freeze(teacher, config.teacher.dtype), {'checkpoint': config.teacher.checkpoint, **source})
+
+
+def freeze(teacher: nnx.Module, dtype: Any) -> tuple[Any, Any]:
+  """(graphdef, state in `dtype`) of a teacher in its inference form: the step's frozen-teacher form."""
   graph, state = nnx.split(teacher)
-  return (graph, step_lib.cast_floats(state, config.teacher.dtype),
-          {'checkpoint': config.teacher.checkpoint, **source})
+  return graph, step_lib.cast_floats(state, dtype)
 
 
 def load_run_model(run_dir: str, kernels: Kernels) -> tuple[nnx.Module, int]:

@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
@@ -69,7 +70,9 @@ def _total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
   return int(math.ceil(config.epochs * num_train / config.batch_size))
 
 
-def _init_state(config, student, projector, tx) -> tuple[step_lib.TrainState, step_lib.Graphs]:
+def init_state(config: ml_collections.ConfigDict, student: nnx.Module, projector: nnx.Module | None,
+               tx: optax.GradientTransformation) -> tuple[step_lib.TrainState, step_lib.Graphs]:
+  """The step-0 TrainState of `student` (and FD `projector`) and their Graphs (teacher: None)."""
   graph, params, batch_stats, rest = step_lib.split_student(student)
   p_graph, p_params = (None, {}) if projector is None else nnx.split(projector, nnx.Param)
   all_params = {'student': params, 'projector': p_params}
@@ -164,6 +167,16 @@ def _load_teacher(config: ml_collections.ConfigDict, workdir: str, mesh: shardin
   return graph, state, source
 
 
+def jit_train_step(config: ml_collections.ConfigDict, graphs: step_lib.Graphs,
+                   tx: optax.GradientTransformation, lr_fn: Any, mesh: sharding.Mesh) -> Any:
+  """The run's jitted step (state, teacher_state, batch) -> (state, metrics): step.train_step for
+  `config` on `mesh`, the state donated (benchmarks/kd_step.py times this very function)."""
+  repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+  return xla_options.jit(
+      functools.partial(step_lib.train_step, graphs=graphs, tx=tx, lr_fn=lr_fn, cfg=config),
+      in_shardings=(repl, repl, batch_sh), out_shardings=(repl, repl), donate_argnums=(0,))
+
+
 def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Method,
            mesh: sharding.Mesh, data: data_lib.Dataset,
            teacher: tuple[Any, Any, dict[str, Any]] | None, kern: Kernels) -> dict[str, Any]:
@@ -183,7 +196,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
         projectors.feature_shapes((teacher_graph, teacher_state), config.data.image_size),
         config.seed)
   tx, lr_fn = optim.make(config, total_steps, steps_per_epoch)
-  state, graphs = _init_state(config, student, projector, tx)
+  state, graphs = init_state(config, student, projector, tx)
   graphs = graphs._replace(teacher=teacher_graph)
   state = sharding.put_replicated(state, mesh)
 
@@ -195,10 +208,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
     start = int(state.step)
     logging.info('Resumed from %s at step %d.', ckpt_dir, start)
 
-  repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  train_fn = xla_options.jit(
-      functools.partial(step_lib.train_step, graphs=graphs, tx=tx, lr_fn=lr_fn, cfg=config),
-      in_shardings=(repl, repl, batch_sh), out_shardings=(repl, repl), donate_argnums=(0,))
+  train_fn = jit_train_step(config, graphs, tx, lr_fn, mesh)
   eval_fn = xla_options.jit(functools.partial(step_lib.eval_step, graph=graphs.student,
                                               rest=graphs.student_rest))
 

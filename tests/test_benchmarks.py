@@ -95,8 +95,9 @@ def test_kd_step_script():
   assert result['teacher_dtype'] == 'bfloat16'
   (row,) = result['cases']
   assert (row['teacher'], row['student'], row['batch'], row['size']) == ('slak_atto', 'resnet_atto', 2, 32)
-  assert_times(row, ['jax_step_s', 'jax_teacher_fwd_s', 'jax_student_step_s', 'jax_images_per_s',
-                     'jax_mfu'])
+  assert result['jax_step'].startswith('lkd_jax.step.train_step, built and jitted by '
+                                        'lkd_jax.train.jit_train_step')
+  assert_times(row, ['jax_step_s', 'jax_teacher_fwd_s', 'jax_images_per_s', 'jax_mfu'])
   assert row['jax_images_per_s'] == pytest.approx(2 / row['jax_step_s'], rel=0.02)
   dense = lambda name: macs.count_macs(name, 32) / 1e9
   assert row['gflop_per_image'] == pytest.approx(2 * dense('slak_atto') + 6 * dense('resnet_atto'),

@@ -17,7 +17,7 @@ def _setup(cfg):
   teacher = models.create('slak_atto', num_classes=10, seed=1)
   t_graph, t_state = nnx.split(teacher)
   tx, lr_fn = optim.make(cfg, 10)
-  state, graphs = train._init_state(cfg, student, None, tx)
+  state, graphs = train.init_state(cfg, student, None, tx)
   graphs = graphs._replace(teacher=t_graph)
   fn = functools.partial(step_lib.train_step, graphs=graphs, tx=tx, lr_fn=lr_fn, cfg=cfg)
   images, labels = synthetic.make_split(0, 'train', 16, 32)

@@ -57,7 +57,7 @@ def test_teacher_and_student_see_the_same_augmented_pixels(monkeypatch):
   cfg = tiny_run_config(method='kd', **{'teacher.name': 'resnet_atto'})
   g_s, s_state = nnx.split(models.create('resnet_atto', num_classes=C, seed=0))
   tx, lr_fn = optim.make(cfg, 10)
-  state, graphs = train._init_state(cfg, nnx.merge(g_s, s_state), None, tx)
+  state, graphs = train.init_state(cfg, nnx.merge(g_s, s_state), None, tx)
   graphs = graphs._replace(teacher=g_s)
   seen = {}
   teacher_forward, student_loss = step_lib.teacher_forward, step_lib.student_loss

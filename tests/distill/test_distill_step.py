@@ -29,7 +29,7 @@ def _fd_state(cfg):
   proj = methods.build_projector(cfg, projectors.feature_shapes(student, size),
                                  projectors.feature_shapes((t_graph, t_state), size), cfg.seed)
   tx, lr_fn = optim.make(cfg, 10)
-  state, graphs = train._init_state(cfg, student, proj, tx)
+  state, graphs = train.init_state(cfg, student, proj, tx)
   return state, graphs._replace(teacher=t_graph), t_state, tx, lr_fn
 
 
