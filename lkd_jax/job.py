@@ -1,4 +1,5 @@
-"""A job chains runs: train the teacher, the baseline student (CE) and the distilled student, then report."""
+"""A job chains runs: train the teacher(s), the baseline student(s) (CE) and the distilled student(s),
+then report (one teacher/student pair: lkd_jax/report.py; a teacher comparison: lkd_jax/comparison.py)."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from lkd_jax import environment, lock, report, rundir, train
+from lkd_jax import comparison, environment, lock, report, rundir, train
 from lkd_jax.errors import SetupError
 from lkd_jax.teacher import STAGE_PREFIX
 
@@ -69,6 +70,8 @@ def plan(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict[str, Any
       rundir.inspect(cfg, stage_dir)
     except rundir.StageMismatch as e:
       mismatches.append((stage, str(e)))
+  if config.get('comparison'):
+    comparison.roles(cfgs)
   return cfgs, mismatches
 
 
@@ -91,11 +94,14 @@ def run_job(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool 
       logging.info('=== stage %s: model %s, method %s ===', stage, cfgs[stage].model.name,
                    cfgs[stage].method)
       results[stage] = train.train_and_evaluate(cfgs[stage], os.path.join(workdir, stage))
-    rep = report.build(results['teacher']['accuracy'], results['student']['accuracy'],
-                       results['distilled']['accuracy'], seed=config.seed,
-                       environment=environment.describe(),
-                       teacher=cfgs['teacher'].model.name, student=cfgs['student'].model.name,
-                       method=cfgs['distilled'].method, **corruption_errors(results))
+    if config.get('comparison'):
+      rep = comparison.build(config, cfgs, results, workdir, environment=environment.describe())
+    else:
+      rep = report.build(results['teacher']['accuracy'], results['student']['accuracy'],
+                         results['distilled']['accuracy'], seed=config.seed,
+                         environment=environment.describe(),
+                         teacher=cfgs['teacher'].model.name, student=cfgs['student'].model.name,
+                         method=cfgs['distilled'].method, **corruption_errors(results))
     if jax.process_index() == 0:
       report.write(rep, workdir)
   print(report.to_markdown(rep), flush=True)

@@ -24,7 +24,10 @@ def build(teacher_acc: float, student_acc: float, distilled_acc: float, **extra:
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-  """A small Markdown table of a report (accuracies in %; the corrupted error when evaluated)."""
+  """A small Markdown table of a report (accuracies in %; the corrupted error when evaluated); a
+  report with `tables` (a teacher comparison) is its tables."""
+  if 'tables' in report:
+    return tables_markdown(report['tables']) + f"\nseed {report.get('seed')}\n"
   rows = [('teacher', 'teacher', report.get('teacher', '')),
           ('student (CE)', 'student', report.get('student', '')),
           (f"distilled ({report.get('method', '')})", 'distilled', report.get('student', ''))]
@@ -36,6 +39,54 @@ def to_markdown(report: dict[str, Any]) -> str:
   lines += ['', f"Direct Gain: {100 * report['direct_gain']:+.2f} points; "
             f"Effective Gain: {report['effective_gain']:+.4f} (seed {report.get('seed')})"]
   return '\n'.join(lines) + '\n'
+
+
+# A table cell's format: its value is a fraction (pct), a difference of fractions (gain: points),
+# an Effective Gain (ratio) or a label (text); None is '-'.
+FORMATS = {'pct': ('{:.2f}', 100.0), 'gain': ('{:+.2f}', 100.0), 'ratio': ('{:+.4f}', 1.0)}
+
+
+def format_cell(values: list[Any], fmt: str) -> str:
+  """One cell: a label, a number, or mean ± sample std of several (seeds); '-' where missing."""
+  values = [v for v in values if v is not None]
+  if not values:
+    return '-'
+  if fmt == 'text':
+    return str(values[0])
+  pattern, scale = FORMATS[fmt]
+  mean, std = _mean_std([scale * v for v in values])
+  return pattern.format(mean) + (f' ± {std:.{4 if fmt == "ratio" else 2}f}' if len(values) > 1 else '')
+
+
+def tables_markdown(tables: list[dict[str, Any]], combined: bool = False) -> str:
+  """Markdown of report `tables` ({'title', 'columns': [{'name', 'fmt'}], 'rows'}); each cell holds
+  one value, or when `combined` (combine_tables) a list of one value per run (mean ± std)."""
+  out = []
+  for t in tables:
+    names, fmts = [c['name'] for c in t['columns']], [c['fmt'] for c in t['columns']]
+    out += [f"**{t['title']}**", '', '| ' + ' | '.join(names) + ' |', '|' + '---|' * len(names)]
+    for row in t['rows']:
+      cells = [format_cell(v if combined else [v], f) for v, f in zip(row, fmts)]
+      out.append('| ' + ' | '.join(cells) + ' |')
+    out.append('')
+  return '\n'.join(out)
+
+
+def combine_tables(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The tables of several runs (seeds) of one comparison, each cell the list of its values; rows
+  are matched by their label cells, tables by title (a table or row some runs lack keeps the rest)."""
+  combined: dict[str, dict[str, Any]] = {}
+  for rep in reports:
+    for t in rep['tables']:
+      text = [c['fmt'] == 'text' for c in t['columns']]
+      entry = combined.setdefault(t['title'], {'title': t['title'], 'columns': t['columns'],
+                                               'rows': {}})
+      for row in t['rows']:
+        key = tuple(v for v, is_text in zip(row, text) if is_text)
+        cells = entry['rows'].setdefault(key, [[] for _ in row])
+        for cell, v in zip(cells, row):
+          cell.append(v)
+  return [{**t, 'rows': list(t['rows'].values())} for t in combined.values()]
 
 
 def write(report: dict[str, Any], workdir: str) -> None:
@@ -192,7 +243,13 @@ def main(paths: list[str]) -> None:
     reports.append(json.loads(path.read_text()))
   if not reports:
     raise SystemExit(USAGE)
-  print(summary_markdown(summarize(reports)), end='')
+  comparisons = [r for r in reports if 'tables' in r]
+  if comparisons:
+    seeds = sorted(r.get('seed') for r in comparisons)
+    print(f'{len(comparisons)} runs (seeds {seeds}): mean ± sample std\n')
+    print(tables_markdown(combine_tables(comparisons), combined=True), end='')
+  if len(comparisons) < len(reports):
+    print(summary_markdown(summarize([r for r in reports if 'tables' not in r])), end='')
 
 
 if __name__ == '__main__':

@@ -107,7 +107,8 @@ def mean_band(series: list[Series]) -> tuple[np.ndarray, np.ndarray, np.ndarray 
 
 def panel(groups: list[Group], tag: str, title: str, ylabel: str, scale: float = 1.0
           ) -> dict[str, Any]:
-  """A plots.curves_figure panel: one line per group (mean, ± 1 std band over seeds) for `tag`."""
+  """A plots.curves_figure panel: one line per group (mean, ± 1 std band over seeds) for `tag`;
+  runs without a teacher (baselines) dashed."""
   lines = []
   for g in groups:
     series = [r.scalars[tag] for r in g.runs if tag in r.scalars and r.scalars[tag].steps.size]
@@ -115,7 +116,8 @@ def panel(groups: list[Group], tag: str, title: str, ylabel: str, scale: float =
       continue
     steps, mean, std = mean_band(series)
     band = None if std is None else (scale * (mean - std), scale * (mean + std))
-    lines.append({'label': g.label, 'x': steps, 'y': scale * mean, 'band': band})
+    lines.append({'label': g.label, 'x': steps, 'y': scale * mean, 'band': band,
+                  'dashed': g.runs[0].info.teacher is None})
   return {'title': title, 'ylabel': ylabel, 'lines': lines}
 
 

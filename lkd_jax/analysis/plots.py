@@ -62,7 +62,7 @@ def curves_figure_px(n: int) -> tuple[int, int]:
 def curves_figure(panels: Sequence[dict[str, Any]], out: str,
                   epoch_axis: float | None = None) -> None:
   """Line plots written to `out` as PNG. Each panel: {'title', 'ylabel', 'lines': [{'label',
-  'x', 'y', 'band' (None or (low, high))}]}; `epoch_axis` (steps per epoch) adds an epoch axis on top."""
+  'x', 'y', 'band' (None or (low, high)), 'dashed' (optional)}]}; `epoch_axis` (steps per epoch) adds an epoch axis on top."""
   w_px, h_px = curves_figure_px(len(panels))
   fig = Figure(figsize=(w_px / DPI, h_px / DPI), dpi=DPI, layout='constrained')
   FigureCanvasAgg(fig)
@@ -72,7 +72,7 @@ def curves_figure(panels: Sequence[dict[str, Any]], out: str,
       colour = f'C{k % 10}'
       few = len(line['x']) <= 30  # e.g. evaluated only at the end: a lone point needs a marker
       ax.plot(line['x'], line['y'], color=colour, label=line['label'], lw=1.5,
-              marker='o' if few else None, ms=3)
+              ls='--' if line.get('dashed') else '-', marker='o' if few else None, ms=3)
       if line.get('band') is not None:
         ax.fill_between(line['x'], *line['band'], color=colour, alpha=0.2, lw=0)
     ax.set_title(panel['title'], fontsize=10)
