@@ -43,7 +43,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lkd_jax.data import Batch, Dataset, DatasetNotFoundError, augment, hide_accelerators_from_tf
+from lkd_jax.data import (Batch, Dataset, DatasetNotFoundError, augment, device_augment,
+                          hide_accelerators_from_tf)
 from lkd_jax.errors import SetupError
 
 FOLDER_PREFIX = 'folder:'
@@ -74,6 +75,7 @@ def build(cfg: ml_collections.ConfigDict, *, process_index: int | None = None,
           process_count: int | None = None) -> Dataset:
   """cfg.data's dataset for this process (default: jax's); a missing dataset raises first."""
   hide_accelerators_from_tf()
+  device_augment.check(cfg.data)
   source = open_source(cfg.data)
   if process_index is None or process_count is None:
     import jax
@@ -294,13 +296,31 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train_map_fn(d: ml_collections.ConfigDict, seed: int, process_index: int) -> Callable:
-  """(index, raw example) -> augmented example, seeded by (seed, process_index, index) only."""
+  """(index, raw example) -> augmented example, seeded by (seed, process_index, index) only.
+
+  data.augment_on 'host': the finished uint8 [S, S, 3] image; 'device': the host half
+  (augment.train_preprocess_for_device: crop window, its size, the device's per-example seed).
+  """
   base = tf.constant([seed, process_index], tf.int64)
+  canvas = device_augment.canvas_size(d)
 
   def fn(index: tf.Tensor, ex: dict) -> dict:
     key = tf.random.experimental.stateless_fold_in(base, index)
+    if d.augment_on == 'device':
+      return {**augment.train_preprocess_for_device(ex['image'], key, d, canvas),
+              'label': ex['label']}
     return {'image': augment.train_preprocess(ex['image'], key, d), 'label': ex['label']}
   return fn
+
+
+def batch_train(ds: tf.data.Dataset, d: ml_collections.ConfigDict, local_batch: int
+                ) -> tf.data.Dataset:
+  """Full batches of train_map_fn's examples; device crops zero-padded into the canvas (one copy)."""
+  if d.augment_on != 'device':
+    return ds.batch(local_batch, drop_remainder=True)
+  side = device_augment.canvas_size(d)
+  shapes = {k: [side, side, 3] if k == 'image' else s.shape for k, s in ds.element_spec.items()}
+  return ds.padded_batch(local_batch, padded_shapes=shapes, drop_remainder=True)
 
 
 def train_epoch(source: Source, cfg: ml_collections.ConfigDict, proc: Process, plan: TrainPlan,
@@ -312,13 +332,17 @@ def train_epoch(source: Source, cfg: ml_collections.ConfigDict, proc: Process, p
   ds = ds.take(plan.steps_per_epoch * plan.local_batch).enumerate()
   ds = ds.skip(skip_steps * plan.local_batch)
   ds = ds.map(train_map_fn(d, seed, proc.index), num_parallel_calls=AUTOTUNE)
-  ds = ds.batch(plan.local_batch, drop_remainder=True)
+  ds = batch_train(ds, d, plan.local_batch)
   return ds.with_options(options(d.threads)).prefetch(d.prefetch)
 
 
 def train_batches(source: Source, cfg: ml_collections.ConfigDict, proc: Process, plan: TrainPlan,
                   start_step: int = 0) -> Iterator[Batch]:
-  """Endless host-local {'image' uint8 [b,S,S,3], 'label' int32 [b]} for steps start_step, ..."""
+  """Endless host-local {'image' uint8 [b,S,S,3], 'label' int32 [b]} for steps start_step, ...
+
+  With data.augment_on='device', 'image' is uint8 [b,C,C,3] canvases plus 'crop_hw' int32 [b,2] and
+  'aug_seed' uint32 [b,2], finished in the step by lkd_jax/data/device_augment.py.
+  """
   epoch, step = divmod(start_step, plan.steps_per_epoch)
   while True:
     yield from train_epoch(source, cfg, proc, plan, epoch, step).as_numpy_iterator()
