@@ -1,5 +1,10 @@
 """Per-example ImageNet train/eval preprocessing in TensorFlow (tf.data map functions, CPU host).
 
+With data.augment_on 'device' ('auto' on an accelerator) the host runs only train_preprocess_for_device (decode
+of the random-crop window); device_augment.py finishes the recipe with JAX twins of these ops
+(device_ops.py), held to them by tests/data/test_device_augment.py. augment_on='host' runs
+train_preprocess here in full.
+
 Reproduces the timm recipe of the ConvNeXt / SLaK papers (`timm.data.create_transform` with
 `--aa rand-m9-mstd0.5-inc1 --reprob 0.25 --remode pixel --train_interpolation bicubic`). Both entry
 points return uint8 [size, size, 3]; mean/std normalisation (`lkd_jax/step.py::normalize`) and

@@ -1,4 +1,5 @@
-"""The device half of the train recipe (data.augment_on='device'): resize, flip, RandAugment, erasing.
+"""The device half of the train recipe (data.augment_on 'device', or 'auto' off CPU): resize, flip,
+RandAugment, erasing.
 
 The host (tf.data, augment.train_preprocess_for_device) only decodes each example's random-resized-
 crop window and pads it into a fixed canvas; this module finishes timm's train transform inside the
@@ -30,7 +31,7 @@ from lkd_jax.data import device_ops, recipe
 from lkd_jax.errors import SetupError
 
 ERASE_MODES = ('pixel', 'rand', 'const')
-AUGMENT_ON = ('device', 'host')
+AUGMENT_ON = ('auto', 'device', 'host')
 
 
 def canvas_size(d: ml_collections.ConfigDict) -> int:
@@ -38,12 +39,21 @@ def canvas_size(d: ml_collections.ConfigDict) -> int:
   return d.canvas or 2 * d.image_size
 
 
+def on_device(d: ml_collections.ConfigDict, backend: str | None = None) -> bool:
+  """Whether the device finishes the train recipe: data.augment_on 'device', or 'auto' where JAX
+  runs on an accelerator (on a CPU backend the host's TF ops are the cheaper place)."""
+  if d.augment_on == 'auto':
+    return (backend or jax.default_backend()) != 'cpu'
+  return d.augment_on == 'device'
+
+
 def check(d: ml_collections.ConfigDict) -> None:
   """SetupError naming the fix for a data config the device (or host) augmentation cannot run."""
   if d.augment_on not in AUGMENT_ON:
     raise SetupError(f"data.augment_on={d.augment_on!r}: use 'device' (resize, flip, RandAugment "
-                     "and erasing in the jitted step) or 'host' (all in tf.data).")
-  if d.augment_on == 'device' and canvas_size(d) < d.image_size:
+                     "and erasing in the jitted step), 'host' (all in tf.data) or 'auto' (device "
+                     "on an accelerator, host on CPU).")
+  if d.augment_on != 'host' and canvas_size(d) < d.image_size:
     raise SetupError(f'data.canvas={d.canvas} is smaller than data.image_size={d.image_size}: set '
                      'data.canvas=0 (2 * image_size) or at least image_size.')
   try:

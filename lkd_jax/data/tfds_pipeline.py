@@ -298,15 +298,15 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def train_map_fn(d: ml_collections.ConfigDict, seed: int, process_index: int) -> Callable:
   """(index, raw example) -> augmented example, seeded by (seed, process_index, index) only.
 
-  data.augment_on 'host': the finished uint8 [S, S, 3] image; 'device': the host half
-  (augment.train_preprocess_for_device: crop window, its size, the device's per-example seed).
+  On the host (device_augment.on_device False): the finished uint8 [S, S, 3] image; else the host
+  half (augment.train_preprocess_for_device: crop window, its size, the device's per-example seed).
   """
   base = tf.constant([seed, process_index], tf.int64)
-  canvas = device_augment.canvas_size(d)
+  canvas, on_device = device_augment.canvas_size(d), device_augment.on_device(d)
 
   def fn(index: tf.Tensor, ex: dict) -> dict:
     key = tf.random.experimental.stateless_fold_in(base, index)
-    if d.augment_on == 'device':
+    if on_device:
       return {**augment.train_preprocess_for_device(ex['image'], key, d, canvas),
               'label': ex['label']}
     return {'image': augment.train_preprocess(ex['image'], key, d), 'label': ex['label']}
@@ -316,7 +316,7 @@ def train_map_fn(d: ml_collections.ConfigDict, seed: int, process_index: int) ->
 def batch_train(ds: tf.data.Dataset, d: ml_collections.ConfigDict, local_batch: int
                 ) -> tf.data.Dataset:
   """Full batches of train_map_fn's examples; device crops zero-padded into the canvas (one copy)."""
-  if d.augment_on != 'device':
+  if not device_augment.on_device(d):
     return ds.batch(local_batch, drop_remainder=True)
   side = device_augment.canvas_size(d)
   shapes = {k: [side, side, 3] if k == 'image' else s.shape for k, s in ds.element_spec.items()}
@@ -340,7 +340,7 @@ def train_batches(source: Source, cfg: ml_collections.ConfigDict, proc: Process,
                   start_step: int = 0) -> Iterator[Batch]:
   """Endless host-local {'image' uint8 [b,S,S,3], 'label' int32 [b]} for steps start_step, ...
 
-  With data.augment_on='device', 'image' is uint8 [b,C,C,3] canvases plus 'crop_hw' int32 [b,2] and
+  When the device finishes the recipe (device_augment.on_device), 'image' is uint8 [b,C,C,3] canvases plus 'crop_hw' int32 [b,2] and
   'aug_seed' uint32 [b,2], finished in the step by lkd_jax/data/device_augment.py.
   """
   epoch, step = divmod(start_step, plan.steps_per_epoch)

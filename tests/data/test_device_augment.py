@@ -114,6 +114,11 @@ def test_full_recipe_gives_each_example_its_own_draws():
   assert not np.array_equal(out[0], out[2])
 
 
+def test_auto_augments_on_the_device_off_cpu():
+  assert [DA.on_device(cfg(augment_on='auto'), b) for b in ('cpu', 'gpu', 'tpu')] == [False, True, True]
+  assert DA.on_device(cfg(augment_on='device'), 'cpu') and not DA.on_device(cfg(augment_on='host'))
+
+
 def test_a_batch_without_crops_passes_unchanged():
   batch = {'image': jnp.ones((2, 8, 8, 3), jnp.uint8), 'label': jnp.zeros(2, jnp.int32)}
   assert DA.images(batch, cfg()) is batch['image']
