@@ -5,8 +5,10 @@ The host (tf.data, augment.train_preprocess_for_device) only decodes each exampl
 crop window and pads it into a fixed canvas; this module finishes timm's train transform inside the
 jitted step, once per batch, before normalisation and mixup (lkd_jax/step.py::prepare_batch), so the
 teacher and the student see the same pixels. Why: on the host the antialiased resize, RandAugment
-and random erasing cost about 4 of the 6.6 ms per image (benchmarks/input_pipeline.py); on an
-accelerator the whole batch costs ~1% of a KD step's FLOPs.
+and random erasing cost 4.7 of the 6.3 CPU ms per ImageNet photo (benchmarks/input_pipeline.py:
+6.3 ms with everything in tf.data, 1.6 ms for the host half), while on an accelerator they are
+1.1% of a SLaK-T -> ResNet-50 KD step's FLOPs. On XLA:CPU the same work is slow (~35 ms per image,
+every RandAugment branch computed), hence augment_on='auto' keeps it on the host there.
 
 Semantics are augment.train_preprocess's: the same crop window (same host seed), the same resize
 weights (device_ops.resize_from_canvas), flip p=hflip, timm RandAugment (n ops, uniform choice or

@@ -94,6 +94,7 @@ def build(cfg: ml_collections.ConfigDict, *, process_index: int | None = None,
 def resolve(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy of cfg with eval_split '' and num_classes 0 taken from the dataset; mismatches raise."""
   hide_accelerators_from_tf()
+  device_augment.check(cfg.data)
   spec = dataset_spec(open_source(cfg.data), cfg.data)
   out = cfg.copy_and_resolve_references()
   out.data.eval_split = spec.eval_split
