@@ -150,6 +150,15 @@ def test_device_rand_augment_w0_never_draws_zero_weight_ops():
   np.testing.assert_allclose(np.bincount(uniform, minlength=15) / uniform.size, 1 / 15, atol=0.015)
 
 
+def test_device_magnitudes_follow_timm():
+  u = np.asarray(_uniforms(1, 20000)[0])
+  mags = np.asarray(DA._magnitude(u, recipe.parse_rand_augment_spec('rand-m9-mstd0.5')))
+  assert abs(mags.mean() - 9.0) < 0.02 and abs(mags.std() - 0.5) < 0.02 and mags.max() <= 10.0
+  mags = np.asarray(DA._magnitude(u, recipe.parse_rand_augment_spec('rand-m8-mstd101')))
+  assert abs(mags.mean() - 4.0) < 0.1 and mags.min() >= 0 and mags.max() <= 8.0   # U(0, m)
+  assert float(DA._magnitude(u[0], recipe.parse_rand_augment_spec('rand-m7'))) == 7.0
+
+
 @functools.partial(jax.jit, static_argnames=('n', 'prob', 'mode'))
 def _erase(img, n, prob, mode):
   u = _uniforms(n, DA.erasing_draws(img.shape, mode))
