@@ -341,8 +341,9 @@ def train_batches(source: Source, cfg: ml_collections.ConfigDict, proc: Process,
                   start_step: int = 0) -> Iterator[Batch]:
   """Endless host-local {'image' uint8 [b,S,S,3], 'label' int32 [b]} for steps start_step, ...
 
-  When the device finishes the recipe (device_augment.on_device), 'image' is uint8 [b,C,C,3] canvases plus 'crop_hw' int32 [b,2] and
-  'aug_seed' uint32 [b,2], finished in the step by lkd_jax/data/device_augment.py.
+  When the device finishes the recipe (device_augment.on_device), 'image' is uint8 [b,C,C,3]
+  canvases plus 'crop_hw' int32 [b,2] and 'aug_seed' uint32 [b,2], finished in the step by
+  lkd_jax/data/device_augment.py.
   """
   epoch, step = divmod(start_step, plan.steps_per_epoch)
   while True:
