@@ -93,6 +93,10 @@ def base_config() -> ml_collections.ConfigDict:
       scale=(0.08, 1.0),      # RandomResizedCrop area range (timm/SLaK --scale default)
       ratio=(3 / 4, 4 / 3),   # RandomResizedCrop aspect range (timm/SLaK --ratio default)
       interpolation='bicubic',  # train and eval resize (timm/SLaK --train_interpolation bicubic)
+      augment_on='auto',      # 'device': tf.data decodes the crop, the jitted step resizes, flips,
+                              # RandAugments, erases (lkd_jax/data/device_augment.py); 'host': all in
+                              # tf.data; 'auto': device on GPU/TPU, host where JAX runs on CPU
+      canvas=0,               # device: crops up to this side go unresized (0 = 2 * image_size)
       hflip=0.5,              # horizontal flip probability (timm --hflip default)
       randaugment='rand-m9-mstd0.5-inc1',  # timm RandAugment spec, '' = off (SLaK/ConvNeXt --aa)
       reprob=0.25,            # random erasing probability (SLaK/ConvNeXt --reprob 0.25)

@@ -15,7 +15,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from lkd_jax.data import mix
+from lkd_jax.data import device_augment, mix
 from lkd_jax.distill import losses, methods
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -83,7 +83,7 @@ def student_loss(params: Any, batch_stats: Any, graphs: Graphs, teacher_out: Any
 def prepare_batch(batch: dict[str, jax.Array], rng: jax.Array, cfg: ml_collections.ConfigDict
                   ) -> tuple[jax.Array, jax.Array]:
   """Normalised, mixed pixels and soft targets: computed once, fed to teacher and student."""
-  x = normalize(batch['image'])
+  x = normalize(device_augment.images(batch, cfg.data))  # device-augment batches finished here
   return mix.mix_batch(rng, x, batch['label'], cfg.num_classes, cfg.mix)
 
 

@@ -196,11 +196,15 @@ def test_small_scripts(script, args, time_keys):
 
 def test_input_pipeline_script():
   result = run_script('input_pipeline.py', '--sources', 'synthetic', '--synthetic', '8', '--batch', '4',
-                      '--warmup', '1', '--seconds', '0.5')
+                      '--warmup', '1', '--seconds', '0.5', '--stage-seconds', '0.2',
+                      '--device-batch', '2', '--kd-pair', 'slak_atto:resnet_atto')
   assert result['benchmark'] == 'input_pipeline'
   (row,) = result['cases']
   assert row['source'] == 'synthetic' and row['images'] == 8
-  assert_times(row, ['train_img_per_s', 'eval_img_per_s'])
+  assert_times(row, ['train_host_img_per_cpu_s', 'train_device_img_per_cpu_s', 'eval_img_per_s'])
+  assert [s['stage'] for s in row['stages']] == ['read', 'decode', 'resize', 'flip', 'randaugment',
+                                                 'erasing', 'batching']
+  assert_times(result['device_half'], ['gflop_per_img', 'kd_step_gflop_per_img', 'cpu_ms_per_img'])
 
 
 @pytest.mark.parametrize('readme,result_file', [

@@ -1,8 +1,10 @@
 """Input pipelines: the embedded synthetic task and TFDS datasets, one batch format for both.
 
 A batch is a dict of host numpy arrays for this process: 'image' uint8 NHWC, 'label' int32 and, for
-evaluation, 'mask' bool (False on padding). Augmentations that both models must share (mixup,
-cutmix) run on device inside the fused step (lkd_jax/data/mix.py).
+evaluation, 'mask' bool (False on padding). A TFDS train batch augmented on the device (data.augment_on) holds
+unresized crops in 'image' (canvases) plus 'crop_hw' and 'aug_seed'; the fused step finishes them
+(lkd_jax/data/device_augment.py). Augmentations that both models must share (mixup, cutmix) run on
+device inside the fused step (lkd_jax/data/mix.py).
 """
 from __future__ import annotations
 

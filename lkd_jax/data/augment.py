@@ -1,5 +1,10 @@
 """Per-example ImageNet train/eval preprocessing in TensorFlow (tf.data map functions, CPU host).
 
+With data.augment_on 'device' ('auto' on an accelerator) the host runs only train_preprocess_for_device (decode
+of the random-crop window); device_augment.py finishes the recipe with JAX twins of these ops
+(device_ops.py), held to them by tests/data/test_device_augment.py. augment_on='host' runs
+train_preprocess here in full.
+
 Reproduces the timm recipe of the ConvNeXt / SLaK papers (`timm.data.create_transform` with
 `--aa rand-m9-mstd0.5-inc1 --reprob 0.25 --remode pixel --train_interpolation bicubic`). Both entry
 points return uint8 [size, size, 3]; mean/std normalisation (`lkd_jax/step.py::normalize`) and
@@ -49,30 +54,16 @@ inside `tf.data.Dataset.map`.
 from __future__ import annotations
 
 import math
-import re
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import ml_collections
 import tensorflow as tf
 
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)   # timm data/constants.py
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
-FILL = (124, 116, 104)                          # timm aa_params img_mean: round(255 * mean)
-_LEVEL_DENOM = 10.0                             # timm auto_augment._LEVEL_DENOM
-_KERNELS = {'bilinear': ('triangle', 1.0), 'bicubic': ('keyscubic', 2.0),   # name -> (TF kernel,
-            'lanczos3': ('lanczos3', 3.0), 'lanczos5': ('lanczos5', 5.0)}   # radius in pixels)
-
-# timm auto_augment._RAND_TRANSFORMS / _RAND_INCREASING_TRANSFORMS (same positions) and
-# _RAND_CHOICE_WEIGHTS_0 in that order (spec key 'w0').
-RAND_TRANSFORMS = ('AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize',
-                   'SolarizeAdd', 'Color', 'Contrast', 'Brightness', 'Sharpness', 'ShearX', 'ShearY',
-                   'TranslateXRel', 'TranslateYRel')
-RAND_INCREASING_TRANSFORMS = ('AutoContrast', 'Equalize', 'Invert', 'Rotate', 'PosterizeIncreasing',
-                              'SolarizeIncreasing', 'SolarizeAdd', 'ColorIncreasing',
-                              'ContrastIncreasing', 'BrightnessIncreasing', 'SharpnessIncreasing',
-                              'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel')
-_RAND_CHOICE_WEIGHTS_0 = (0.025, 0.005, 0.0, 0.3, 0.0, 0.005, 0.005, 0.025, 0.005, 0.005, 0.025,
-                          0.2, 0.2, 0.1, 0.1)
+from lkd_jax.data.recipe import (FILL, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,  # noqa: F401
+                                 INT_ARG_OPS, LEVEL_TO_ARG, RAND_CHOICE_WEIGHTS_0,
+                                 RAND_INCREASING_TRANSFORMS, RAND_TRANSFORMS, RandAugmentSpec,
+                                 parse_rand_augment_spec)
+from lkd_jax.data.recipe import kernel as _kernel
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -81,13 +72,6 @@ _RAND_CHOICE_WEIGHTS_0 = (0.025, 0.005, 0.0, 0.3, 0.0, 0.005, 0.005, 0.025, 0.00
 def _to_uint8(x: tf.Tensor) -> tf.Tensor:
   """Round half to even and saturate a float image to uint8."""
   return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
-
-
-def _kernel(method: str) -> tuple[str, float]:
-  """TF scale_and_translate kernel and its radius for an interpolation name."""
-  if method not in _KERNELS:
-    raise ValueError(f'Unknown interpolation {method!r}; use one of {sorted(_KERNELS)}.')
-  return _KERNELS[method]
 
 
 def _split(seed: tf.Tensor, num: int) -> list[tf.Tensor]:
@@ -148,7 +132,12 @@ def decode_and_random_crop(data: tf.Tensor, seed: tf.Tensor, size: int, scale=(0
   """timm random-resized crop of encoded bytes, resized (antialiased) to uint8 [size, size, 3]."""
   _kernel(method)
   crop, _ = _decode_crop(data, lambda hw: rrc_window(hw, seed, scale, ratio))
-  return _to_uint8(tf.image.resize(crop, [size, size], method=method, antialias=True))
+  return _resize(crop, size, method)
+
+
+def _resize(image: tf.Tensor, size: int, method: str) -> tf.Tensor:
+  """Antialiased resize of a uint8 image to uint8 [size, size, 3] (PIL resizes antialiased)."""
+  return _to_uint8(tf.image.resize(image, [size, size], method=method, antialias=True))
 
 
 def _center_plan(hw: tf.Tensor, size: int, crop_pct: float, radius: float):
@@ -349,118 +338,37 @@ def translate_y_rel(image: tf.Tensor, pct: tf.Tensor) -> tf.Tensor:
   return _affine(image, 1.0, 0.0, 0.0, 0.0, 1.0, tf.cast(pct, tf.float64) * height)
 
 
-# timm LEVEL_TO_ARG, computed in float64 like Python: magnitude m in [0, mmax], sign in {-1, +1}
-# (timm `_randomly_negate`). int() of a non-negative level is floor().
-def _frac(m: tf.Tensor) -> tf.Tensor:
-  """Magnitude as a fraction of timm's _LEVEL_DENOM."""
-  return m / _LEVEL_DENOM
-
-
-def _enhance(m: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
-  """timm _enhance_level_to_arg: factor in [0.1, 1.9], no sign."""
-  return _frac(m) * 1.8 + 0.1
-
-
-def _enhance_inc(m: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
-  """timm _enhance_increasing_level_to_arg: max(0.1, 1 +- 0.9 m / 10)."""
-  return tf.maximum(1.0 + s * (_frac(m) * 0.9), 0.1)
-
-
-_OPS: dict[str, tuple[Callable, Callable | None]] = {
-    'AutoContrast': (auto_contrast, None),
-    'Equalize': (equalize, None),
-    'Invert': (invert, None),
-    'Rotate': (rotate, lambda m, s: s * (_frac(m) * 30.0)),
-    'Posterize': (posterize, lambda m, s: tf.floor(_frac(m) * 4)),
-    'PosterizeIncreasing': (posterize, lambda m, s: 4 - tf.floor(_frac(m) * 4)),
-    'Solarize': (solarize, lambda m, s: tf.floor(_frac(m) * 256)),
-    'SolarizeIncreasing': (solarize, lambda m, s: 256 - tf.floor(_frac(m) * 256)),
-    'SolarizeAdd': (solarize_add, lambda m, s: tf.floor(_frac(m) * 110)),
-    'Color': (color, _enhance),
-    'ColorIncreasing': (color, _enhance_inc),
-    'Contrast': (contrast, _enhance),
-    'ContrastIncreasing': (contrast, _enhance_inc),
-    'Brightness': (brightness, _enhance),
-    'BrightnessIncreasing': (brightness, _enhance_inc),
-    'Sharpness': (sharpness, _enhance),
-    'SharpnessIncreasing': (sharpness, _enhance_inc),
-    'ShearX': (shear_x, lambda m, s: s * (_frac(m) * 0.3)),
-    'ShearY': (shear_y, lambda m, s: s * (_frac(m) * 0.3)),
-    'TranslateXRel': (translate_x_rel, lambda m, s: s * (_frac(m) * 0.45)),
-    'TranslateYRel': (translate_y_rel, lambda m, s: s * (_frac(m) * 0.45)),
+_OPS: dict[str, Callable] = {
+    'AutoContrast': auto_contrast, 'Equalize': equalize, 'Invert': invert, 'Rotate': rotate,
+    'Posterize': posterize, 'PosterizeIncreasing': posterize, 'Solarize': solarize,
+    'SolarizeIncreasing': solarize, 'SolarizeAdd': solarize_add, 'Color': color,
+    'ColorIncreasing': color, 'Contrast': contrast, 'ContrastIncreasing': contrast,
+    'Brightness': brightness, 'BrightnessIncreasing': brightness, 'Sharpness': sharpness,
+    'SharpnessIncreasing': sharpness, 'ShearX': shear_x, 'ShearY': shear_y,
+    'TranslateXRel': translate_x_rel, 'TranslateYRel': translate_y_rel,
 }
 
 
 def level_arg(name: str, magnitude, negate=False) -> tf.Tensor | None:
-  """timm LEVEL_TO_ARG[name](magnitude) with the random sign fixed (negate=True flips it)."""
-  level_fn = _OPS[name][1]
+  """timm LEVEL_TO_ARG[name](magnitude) in float64 like Python, the random sign fixed (negate=True flips it)."""
+  level_fn = LEVEL_TO_ARG[name]
   if level_fn is None:
     return None
   m = tf.cast(magnitude, tf.float64)
   s = tf.where(tf.cast(negate, tf.bool), tf.constant(-1.0, tf.float64), 1.0)
-  int_arg = name.startswith(('Posterize', 'Solarize'))
-  arg = level_fn(m, s)
-  return tf.cast(arg, tf.int32) if int_arg else arg
+  arg = level_fn(m, s, tf)
+  return tf.cast(arg, tf.int32) if name in INT_ARG_OPS else arg
 
 
 def apply_op(image: tf.Tensor, name: str, magnitude, negate=False) -> tf.Tensor:
   """Applies one timm RandAugment op at a fixed magnitude (tests, visualisation); uint8 in and out."""
   if name not in _OPS:
     raise ValueError(f'Unknown RandAugment op {name!r}; known: {sorted(_OPS)}.')
-  out = _OPS[name][0](image, level_arg(name, magnitude, negate))
+  out = _OPS[name](image, level_arg(name, magnitude, negate))
   return tf.ensure_shape(out, image.shape)
 
 
 # ----------------------------------------------------------------------------- RandAugment
-
-
-class RandAugmentSpec(NamedTuple):
-  """Parsed timm RandAugment config string (defaults as in timm rand_augment_transform)."""
-  num_layers: int = 2
-  magnitude: float = 10.0
-  magnitude_std: float = 0.0
-  magnitude_max: float = _LEVEL_DENOM
-  transforms: tuple[str, ...] = RAND_TRANSFORMS
-  weight_idx: int | None = None
-
-
-def parse_rand_augment_spec(spec: str) -> RandAugmentSpec:
-  """'rand-m9-n2-mstd0.5-mmax10-inc1-w0' -> RandAugmentSpec; ValueError names the bad part."""
-  parts = spec.split('-')
-  if parts[0] != 'rand':
-    raise ValueError(f"RandAugment spec {spec!r} must start with 'rand', got {parts[0]!r}.")
-  out = RandAugmentSpec()
-  for part in parts[1:]:
-    match = re.fullmatch(r'([A-Za-z_]*)(\d.*)', part)
-    key, val = match.groups() if match else (part, '')
-    try:
-      if not match:
-        raise ValueError
-      if key == 'm':
-        out = out._replace(magnitude=float(int(val)))
-      elif key == 'n':
-        out = out._replace(num_layers=int(val))
-      elif key == 'mstd':
-        mstd = float(val)
-        out = out._replace(magnitude_std=math.inf if mstd > 100 else mstd)
-      elif key == 'mmax':
-        out = out._replace(magnitude_max=float(int(val)) or _LEVEL_DENOM)
-      elif key == 'inc':
-        out = out._replace(transforms=RAND_INCREASING_TRANSFORMS if int(val) else RAND_TRANSFORMS)
-      elif key == 'w':
-        if int(val) != 0:
-          raise ValueError
-        out = out._replace(weight_idx=0)
-      else:
-        raise ValueError
-    except ValueError:
-      raise ValueError(f'Bad RandAugment spec part {part!r} in {spec!r}: expected m<int>, n<int>, '
-                       'mstd<float>, mmax<int>, inc<0|1> or w0.') from None
-  if out.num_layers < 0 or out.magnitude_std < 0:
-    raise ValueError(f'Bad RandAugment spec {spec!r}: n and mstd must be >= 0.')
-  if out.weight_idx is not None and out.num_layers > sum(w > 0 for w in _RAND_CHOICE_WEIGHTS_0):
-    raise ValueError(f'Bad RandAugment spec {spec!r}: w0 samples without replacement, n too large.')
-  return out
 
 
 def _choose_ops(seed: tf.Tensor, spec: RandAugmentSpec) -> tf.Tensor:
@@ -468,7 +376,7 @@ def _choose_ops(seed: tf.Tensor, spec: RandAugmentSpec) -> tf.Tensor:
   num = len(spec.transforms)
   if spec.weight_idx is None:
     return tf.random.stateless_uniform([spec.num_layers], seed, 0, num, dtype=tf.int32)
-  logw = tf.math.log(tf.constant(_RAND_CHOICE_WEIGHTS_0, tf.float32))
+  logw = tf.math.log(tf.constant(RAND_CHOICE_WEIGHTS_0, tf.float32))
   g = -tf.math.log(-tf.math.log(tf.random.stateless_uniform([num], seed, 1e-12, 1.0)))
   return tf.math.top_k(logw + g, spec.num_layers).indices
 
@@ -570,6 +478,24 @@ def train_preprocess(data: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.Confi
     image = random_erasing(image, s_re, cfg.reprob, cfg.remode,
                            count=cfg.recount)
   return tf.ensure_shape(image, [cfg.image_size, cfg.image_size, 3])
+
+
+def train_preprocess_for_device(data: tf.Tensor, seed: tf.Tensor, cfg: ml_collections.ConfigDict,
+                                canvas: int) -> dict[str, tf.Tensor]:
+  """The host half of train_preprocess when the device finishes it (lkd_jax/data/device_augment.py).
+
+  Returns 'image': the decoded random-resized-crop window (train_preprocess's window for this seed)
+  unresized when both sides fit `canvas`, else already resized to S x S here (rare: only crops of
+  large photos; the device's resize of an S x S crop is the identity); 'crop_hw': its int32 [h, w];
+  'aug_seed': uint32 [2], the example's seed for the device's flip, RandAugment and erasing.
+  """
+  s_crop, s_device, _, _ = _split(seed, 4)
+  crop, _ = _decode_crop(data, lambda hw: rrc_window(hw, s_crop, tuple(cfg.scale), tuple(cfg.ratio)))
+  fits = tf.reduce_all(tf.shape(crop)[:2] <= canvas)
+  image = tf.cond(fits, lambda: crop, lambda: _resize(crop, cfg.image_size, cfg.interpolation))
+  image = tf.ensure_shape(image, [None, None, 3])
+  aug_seed = tf.random.stateless_uniform([2], s_device, minval=None, maxval=None, dtype=tf.uint32)
+  return {'image': image, 'crop_hw': tf.shape(image)[:2], 'aug_seed': aug_seed}
 
 
 def eval_preprocess(data: tf.Tensor, cfg: ml_collections.ConfigDict) -> tf.Tensor:

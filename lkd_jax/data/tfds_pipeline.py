@@ -43,7 +43,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lkd_jax.data import Batch, Dataset, DatasetNotFoundError, augment, hide_accelerators_from_tf
+from lkd_jax.data import (Batch, Dataset, DatasetNotFoundError, augment, device_augment,
+                          hide_accelerators_from_tf)
 from lkd_jax.errors import SetupError
 
 FOLDER_PREFIX = 'folder:'
@@ -74,6 +75,7 @@ def build(cfg: ml_collections.ConfigDict, *, process_index: int | None = None,
           process_count: int | None = None) -> Dataset:
   """cfg.data's dataset for this process (default: jax's); a missing dataset raises first."""
   hide_accelerators_from_tf()
+  device_augment.check(cfg.data)
   source = open_source(cfg.data)
   if process_index is None or process_count is None:
     import jax
@@ -92,6 +94,7 @@ def build(cfg: ml_collections.ConfigDict, *, process_index: int | None = None,
 def resolve(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A copy of cfg with eval_split '' and num_classes 0 taken from the dataset; mismatches raise."""
   hide_accelerators_from_tf()
+  device_augment.check(cfg.data)
   spec = dataset_spec(open_source(cfg.data), cfg.data)
   out = cfg.copy_and_resolve_references()
   out.data.eval_split = spec.eval_split
@@ -294,13 +297,31 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def train_map_fn(d: ml_collections.ConfigDict, seed: int, process_index: int) -> Callable:
-  """(index, raw example) -> augmented example, seeded by (seed, process_index, index) only."""
+  """(index, raw example) -> augmented example, seeded by (seed, process_index, index) only.
+
+  On the host (device_augment.on_device False): the finished uint8 [S, S, 3] image; else the host
+  half (augment.train_preprocess_for_device: crop window, its size, the device's per-example seed).
+  """
   base = tf.constant([seed, process_index], tf.int64)
+  canvas, on_device = device_augment.canvas_size(d), device_augment.on_device(d)
 
   def fn(index: tf.Tensor, ex: dict) -> dict:
     key = tf.random.experimental.stateless_fold_in(base, index)
+    if on_device:
+      return {**augment.train_preprocess_for_device(ex['image'], key, d, canvas),
+              'label': ex['label']}
     return {'image': augment.train_preprocess(ex['image'], key, d), 'label': ex['label']}
   return fn
+
+
+def batch_train(ds: tf.data.Dataset, d: ml_collections.ConfigDict, local_batch: int
+                ) -> tf.data.Dataset:
+  """Full batches of train_map_fn's examples; device crops zero-padded into the canvas (one copy)."""
+  if not device_augment.on_device(d):
+    return ds.batch(local_batch, drop_remainder=True)
+  side = device_augment.canvas_size(d)
+  shapes = {k: [side, side, 3] if k == 'image' else s.shape for k, s in ds.element_spec.items()}
+  return ds.padded_batch(local_batch, padded_shapes=shapes, drop_remainder=True)
 
 
 def train_epoch(source: Source, cfg: ml_collections.ConfigDict, proc: Process, plan: TrainPlan,
@@ -312,13 +333,18 @@ def train_epoch(source: Source, cfg: ml_collections.ConfigDict, proc: Process, p
   ds = ds.take(plan.steps_per_epoch * plan.local_batch).enumerate()
   ds = ds.skip(skip_steps * plan.local_batch)
   ds = ds.map(train_map_fn(d, seed, proc.index), num_parallel_calls=AUTOTUNE)
-  ds = ds.batch(plan.local_batch, drop_remainder=True)
+  ds = batch_train(ds, d, plan.local_batch)
   return ds.with_options(options(d.threads)).prefetch(d.prefetch)
 
 
 def train_batches(source: Source, cfg: ml_collections.ConfigDict, proc: Process, plan: TrainPlan,
                   start_step: int = 0) -> Iterator[Batch]:
-  """Endless host-local {'image' uint8 [b,S,S,3], 'label' int32 [b]} for steps start_step, ..."""
+  """Endless host-local {'image' uint8 [b,S,S,3], 'label' int32 [b]} for steps start_step, ...
+
+  When the device finishes the recipe (device_augment.on_device), 'image' is uint8 [b,C,C,3]
+  canvases plus 'crop_hw' int32 [b,2] and 'aug_seed' uint32 [b,2], finished in the step by
+  lkd_jax/data/device_augment.py.
+  """
   epoch, step = divmod(start_step, plan.steps_per_epoch)
   while True:
     yield from train_epoch(source, cfg, proc, plan, epoch, step).as_numpy_iterator()

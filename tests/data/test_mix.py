@@ -53,7 +53,17 @@ def test_cutmix_weight_equals_the_pasted_area():
     assert np.all((x == np.asarray(images)) | (x == np.asarray(images)[::-1]))
 
 
-def test_teacher_and_student_see_the_same_augmented_pixels(monkeypatch):
+def _device_batch(images, labels):
+  """The same images as a device-augment batch: canvases twice their size, crop sizes, seeds."""
+  n, s = images.shape[:2]
+  canvas = np.zeros((n, 2 * s, 2 * s, 3), np.uint8)
+  canvas[:, :s, :s] = images
+  return {'image': canvas, 'crop_hw': np.full((n, 2), s, np.int32),
+          'aug_seed': np.arange(2 * n, dtype=np.uint32).reshape(n, 2), 'label': labels}
+
+
+@pytest.mark.parametrize('device_batch', [False, True])
+def test_teacher_and_student_see_the_same_augmented_pixels(monkeypatch, device_batch):
   cfg = tiny_run_config(method='kd', **{'teacher.name': 'resnet_atto'})
   g_s, s_state = nnx.split(models.create('resnet_atto', num_classes=C, seed=0))
   tx, lr_fn = optim.make(cfg, 10)
@@ -74,6 +84,8 @@ def test_teacher_and_student_see_the_same_augmented_pixels(monkeypatch):
   monkeypatch.setattr(step_lib, 'student_loss', spy_student)
   images, labels = synthetic.make_split(0, 'train', 8, 32)
   fn = functools.partial(step_lib.train_step, graphs=graphs, tx=tx, lr_fn=lr_fn, cfg=cfg)
-  jax.eval_shape(fn, state, s_state, {'image': images, 'label': labels})  # traces, no FLOPs
-  # One traced value: the mixed pixels are computed once and fed to both networks.
-  assert seen['teacher'] is seen['student']
+  batch = _device_batch(images, labels) if device_batch else {'image': images, 'label': labels}
+  jax.eval_shape(fn, state, s_state, batch)  # traces, no FLOPs
+  # One traced value: the augmented (device_batch: on device), mixed pixels are computed once and
+  # fed to both networks.
+  assert seen['teacher'] is seen['student'] and seen['student'].shape == (8, 32, 32, 3)

@@ -1,6 +1,7 @@
 """TFDS pipeline on a tiny on-disk dataset (labels are example ids), an image folder, mock_data."""
 import os
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,6 +9,7 @@ import tensorflow_datasets as tfds
 
 from configs import common
 from lkd_jax import data as data_lib
+from lkd_jax.data import device_augment
 from lkd_jax.data import tfds_pipeline as tp
 from lkd_jax.errors import SetupError
 
@@ -62,15 +64,22 @@ def _eval_ids(cfg, count):
   return out
 
 
-def test_batch_shapes_and_dtypes_with_randaugment(data_dir):
-  cfg = _cfg(data_dir)
+@pytest.mark.parametrize('augment_on', ['device', 'host'])
+def test_batch_shapes_and_dtypes_with_randaugment(data_dir, augment_on):
+  cfg = _cfg(data_dir, augment_on=augment_on)
   assert cfg.data.randaugment and cfg.data.reprob > 0  # the paper's recipe, not a reduced one.
   ds = tp.build(cfg, process_index=0, process_count=1)
   assert (ds.num_classes, ds.num_train, ds.image_size) == (NUM_TRAIN, NUM_TRAIN, SIZE)
   b = next(ds.train(0))
-  assert b['image'].shape == (8, SIZE, SIZE, 3) and b['image'].dtype == np.uint8
+  side = 2 * SIZE if augment_on == 'device' else SIZE   # device: crops padded into the canvas
+  assert b['image'].shape == (8, side, side, 3) and b['image'].dtype == np.uint8
   assert b['label'].shape == (8,) and b['label'].dtype == np.int32
   assert b['image'].std() > 1
+  if augment_on == 'device':
+    assert b['crop_hw'].dtype == np.int32 and b['aug_seed'].dtype == np.uint32
+    assert ((b['crop_hw'] >= 1) & (b['crop_hw'] <= side)).all() and b['aug_seed'].shape == (8, 2)
+    for img, (h, w) in zip(b['image'], b['crop_hw']):   # zeros outside the crop
+      assert not img[h:].any() and not img[:, w:].any()
   e = next(ds.eval())
   assert e['image'].shape == (8, SIZE, SIZE, 3) and e['image'].dtype == np.uint8
   assert e['label'].dtype == np.int32 and e['mask'].dtype == bool and e['mask'].shape == (8,)
@@ -109,7 +118,8 @@ def test_same_seed_same_batches_other_seed_differs(data_dir):
 
 
 def test_resume_mid_epoch_repeats_the_uninterrupted_batches_bitwise(data_dir):
-  ds = tp.build(_cfg(data_dir), process_index=0, process_count=1)  # 3 steps/epoch; RandAugment on.
+  ds_cfg = _cfg(data_dir, augment_on='device')  # the device half too, with the paper's recipe
+  ds = tp.build(ds_cfg, process_index=0, process_count=1)  # 3 steps/epoch; RandAugment on.
   full = _take(ds.train(0), 8)
   for epoch in range(2):  # every epoch shows each example exactly once, in a new order.
     ids = np.concatenate([b['label'] for b in full[3 * epoch:3 * epoch + 3]])
@@ -117,7 +127,11 @@ def test_resume_mid_epoch_repeats_the_uninterrupted_batches_bitwise(data_dir):
   assert not np.array_equal(full[0]['label'], full[3]['label'])
   resumed = _take(ds.train(4), 4)  # resume inside epoch 1, run across the boundary into epoch 2.
   for x, y in zip(full[4:], resumed):
-    assert np.array_equal(x['label'], y['label']) and np.array_equal(x['image'], y['image'])
+    assert x.keys() == y.keys() == {'image', 'crop_hw', 'aug_seed', 'label'}
+    assert all(np.array_equal(x[k], y[k]) for k in x)
+  # The device half is a pure function of the host batch: the pixels the step trains on repeat too.
+  finish = jax.jit(lambda b: device_augment.images(b, ds_cfg.data))
+  np.testing.assert_array_equal(finish(full[5]), finish(resumed[1]))
 
 
 def test_missing_dataset_names_the_data_dir_and_how_to_prepare_it(tmp_path):
@@ -148,7 +162,8 @@ def _image_folder(root, splits=(('train', 4), ('val', 3)), classes=('cat', 'dog'
 
 
 def test_image_folder(tmp_path):
-  cfg = _cfg(name=_image_folder(tmp_path), eval_split='val', batch=4, eval_batch=4, randaugment='')
+  cfg = _cfg(name=_image_folder(tmp_path), eval_split='val', batch=4, eval_batch=4, randaugment='',
+             augment_on='host')
   ds = tp.build(cfg, process_index=0, process_count=2)
   assert (ds.num_classes, ds.num_train) == (3, 12)
   b = next(ds.train(0))
@@ -221,7 +236,7 @@ def test_tfds_eval_split_defaults_to_validation_and_num_classes_to_the_dataset(d
 
 
 def test_mock_imagenet2012_tiny_random_images_are_resized():
-  cfg = _cfg(name='imagenet2012', mock=6, batch=4, eval_batch=4, randaugment='')
+  cfg = _cfg(name='imagenet2012', mock=6, batch=4, eval_batch=4, randaugment='', augment_on='host')
   ds = tp.build(cfg, process_index=0, process_count=1)
   assert (ds.num_classes, ds.num_train) == (1000, 6)
   b = next(ds.train(0))
