@@ -1,8 +1,9 @@
-"""Argument types shared by the command-line tools (convert, evaluate, erf)."""
+"""Argument types and log filtering shared by the command-line tools (main, convert, evaluate, erf)."""
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 
 def json_object(text: str) -> dict:
@@ -15,3 +16,13 @@ def json_object(text: str) -> dict:
     raise argparse.ArgumentTypeError(
         f'want a JSON object such as {{"kernel_size": [31, 29, 27, 13, 5]}}, got {text}')
   return value
+
+
+def quiet_orbax(record: logging.LogRecord) -> bool:
+  """A logging filter keeping orbax's warnings and errors, one line each (its info lines dropped): a
+  writer thread's failure is raised again in the main thread, where it is reported (as one line
+  naming the fix). main adds it to absl's handler; so can a notebook."""
+  if '/orbax/' not in record.pathname:
+    return True
+  record.exc_info, record.exc_text = None, None
+  return record.levelno >= logging.WARNING

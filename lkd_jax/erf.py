@@ -27,7 +27,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -214,6 +214,21 @@ def compare(a: argparse.Namespace) -> list[dict[str, Any]]:
   print(md, end='')
   print(f'wrote {a.out}, {stem}.json, {stem}.md')
   return infos
+
+
+def compare_runs(paths: Sequence[str], out: str, images: str | None = None, *,
+                 size: int | None = None, num_images: int | None = None, recompute: bool = False,
+                 batch_size: int | None = None, data_dir: str | None = None) -> list[dict[str, Any]]:
+  """`--compare` from Python: the ERFs of run (or ERF output) directories side by side in the PNG
+  `out`, with its .json and .md beside it; returns each entry's erf.json record (label, areas, ...).
+
+  A run directory's ERF is computed into RUN/erf from `images` (as --images) when absent or with
+  `recompute`; a stored one computed with another `size`, `images` or `num_images` is refused.
+  """
+  a = parser().parse_args(['--compare', *paths, '--out', out])
+  a.__dict__.update(images=images, size=size, num_images=num_images, recompute=recompute,
+                    batch_size=batch_size, data_dir=data_dir)
+  return compare(a)
 
 
 def main(argv: list[str] | None = None) -> int:

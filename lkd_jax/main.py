@@ -4,12 +4,13 @@ Problems with the config, the files or the workdir are printed as one line namin
 (`--debug` shows the traceback); `--help` with a `--config` also lists that config's arguments.
 """
 import importlib.util
-import logging as pylogging
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from lkd_jax import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :k=v,k=v arguments.',
@@ -23,15 +24,6 @@ flags.DEFINE_bool('debug', False, 'Show full tracebacks for configuration and se
 flags.mark_flags_as_required(['config', 'workdir'])
 
 HELP_FLAGS = ('-h', '--help', '--helpshort', '-help', '-?')
-
-
-def _quiet_orbax(record) -> bool:
-  """Keeps orbax's warnings and errors, one line each: a writer thread's failure is raised again in
-  the main thread, where it is reported (as one line naming the fix)."""
-  if '/orbax/' not in record.pathname:
-    return True
-  record.exc_info, record.exc_text = None, None
-  return record.levelno >= pylogging.WARNING
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -130,7 +122,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> None:
   del argv
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  logging.get_absl_handler().addFilter(cli.quiet_orbax)
   from lkd_jax.kernels.host_malloc import tune_host_malloc
   malloc_tuned = tune_host_malloc(FLAGS.config.get('host_malloc', 'auto'))  # before JAX's threads start.
   import jax

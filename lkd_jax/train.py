@@ -6,7 +6,7 @@ import functools
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -126,12 +126,15 @@ def evaluate(eval_fn, params, batch_stats, batches, mesh) -> dict[str, float]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       overwrite: bool = False) -> dict[str, Any]:
+                       overwrite: bool = False,
+                       writers: Sequence[metric_writers.MetricWriter] = ()) -> dict[str, Any]:
   """Trains one student (optionally distilled from a frozen teacher); returns the final eval metrics.
 
   A workdir that finished with this config is read back; one holding another config's record is
   refused (StageMismatch) or, with `overwrite`, moved aside first. Nothing is written before the
-  config, the dataset and the workdir's lock have been checked.
+  config, the dataset and the workdir's lock have been checked. `writers`: clu metric writers that
+  receive every scalar the run logs, besides its TensorBoard + logging writer (e.g.
+  lkd_jax.analysis.live.LiveCurves in a notebook).
   """
   config, method = validate(config, workdir)
   try:
@@ -151,7 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if status.kind in ('replace', 'stale'):
       rundir.move_aside(workdir)
     rundir.write_config(config, workdir)
-    return _train(config, workdir, method, mesh, data, teacher, kern)
+    return _train(config, workdir, method, mesh, data, teacher, kern, writers)
 
 
 def _load_teacher(config: ml_collections.ConfigDict, workdir: str, mesh: sharding.Mesh,
@@ -179,7 +182,8 @@ def jit_train_step(config: ml_collections.ConfigDict, graphs: step_lib.Graphs,
 
 def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Method,
            mesh: sharding.Mesh, data: data_lib.Dataset,
-           teacher: tuple[Any, Any, dict[str, Any]] | None, kern: Kernels) -> dict[str, Any]:
+           teacher: tuple[Any, Any, dict[str, Any]] | None, kern: Kernels,
+           writers: Sequence[metric_writers.MetricWriter] = ()) -> dict[str, Any]:
   total_steps = _total_steps(config, data.num_train)
   steps_per_epoch = data.num_train / config.batch_size
   eval_every = config.eval_every
@@ -220,6 +224,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
     return out
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if writers:
+    writer = metric_writers.MultiWriter([writer, *writers])
   if start == 0:
     writer.write_hparams({k: v for k, v in rundir.flatten(config.to_dict()).items()
                           if isinstance(v, (int, float, str, bool))})

@@ -5,7 +5,7 @@ Sizes are fixed (no tight bounding box), so a figure's pixel size follows from i
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import IO, Any, Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -59,10 +59,11 @@ def curves_figure_px(n: int) -> tuple[int, int]:
   return round(n * CURVES_PANEL_IN[0] * DPI), round(CURVES_PANEL_IN[1] * DPI)
 
 
-def curves_figure(panels: Sequence[dict[str, Any]], out: str,
+def curves_figure(panels: Sequence[dict[str, Any]], out: str | IO[bytes],
                   epoch_axis: float | None = None) -> None:
-  """Line plots written to `out` as PNG. Each panel: {'title', 'ylabel', 'lines': [{'label',
-  'x', 'y', 'band' (None or (low, high)), 'dashed' (optional)}]}; `epoch_axis` (steps per epoch) adds an epoch axis on top."""
+  """Line plots written to `out` (a path or a binary file object) as PNG. Each panel: {'title',
+  'ylabel', 'lines': [{'label', 'x', 'y', 'band' (None or (low, high)), 'dashed' (optional)}]};
+  `epoch_axis` (steps per epoch) adds an epoch axis on top."""
   w_px, h_px = curves_figure_px(len(panels))
   fig = Figure(figsize=(w_px / DPI, h_px / DPI), dpi=DPI, layout='constrained')
   FigureCanvasAgg(fig)

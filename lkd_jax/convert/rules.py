@@ -108,3 +108,10 @@ def to_torch(path: FlaxPath, array: np.ndarray) -> np.ndarray:
   """Inverse of `to_flax`: a Flax variable laid out as the torch tensor."""
   perm = _perm(path, array.ndim)
   return array if perm is None else np.transpose(array, np.argsort(perm))
+
+
+def to_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+  """The model's parameters and BatchNorm statistics as a PyTorch-layout state_dict (keys by
+  `torch_key`, tensors by `to_torch`): `convert_into` reads it back into the same model."""
+  return {torch_key(path): np.ascontiguousarray(to_torch(path, np.asarray(var.get_value())))
+          for path, var in nnx.to_flat_state(variables_of(model))}

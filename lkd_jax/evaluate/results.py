@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Mapping
 
 from etils import epath
 
@@ -39,16 +39,23 @@ def _num(v: Any, fmt: str = '.4f') -> str:
   return '-' if v is None else format(v, fmt)
 
 
+def headline_table(summaries: Mapping[str, dict[str, Any]], first: str = 'weights') -> str:
+  """Markdown: one row per labelled summary (runner.summarize's form), the headline columns any of
+  them has, in %; `first` titles the label column."""
+  heads = {label: headline(s) for label, s in summaries.items()}
+  titles = list(dict.fromkeys(t for h in heads.values() for t in h))
+  lines = [f'| {first} | ' + ' | '.join(titles) + ' |', '|---' * (len(titles) + 1) + '|']
+  lines += [f'| {label} | ' + ' | '.join(_pct(h.get(t)) for t in titles) + ' |'
+            for label, h in heads.items()]
+  return '\n'.join(lines) + '\n'
+
+
 def to_markdown(result: dict[str, Any]) -> str:
   """The headline table (one row per weights), every set's metrics and the corruption tables."""
   weights = result['weights']
-  titles = list(dict.fromkeys(t for w in weights.values() for t in headline(w['summary'])))
   lines = [f"# {result['model']} ({result['source'].get('kind')}: {result['source'].get('path')})",
            '', 'Percentages; mCE in % of AlexNet\'s error (lower is better).', '',
-           '| weights | ' + ' | '.join(titles) + ' |', '|---' * (len(titles) + 1) + '|']
-  for label, w in weights.items():
-    h = headline(w['summary'])
-    lines.append(f'| {label} | ' + ' | '.join(_pct(h.get(t)) for t in titles) + ' |')
+           headline_table({label: w['summary'] for label, w in weights.items()}).rstrip('\n')]
   for label, w in weights.items():
     lines += ['', f'## {label} weights: every set', '',
               '| set | images | top-1 | top-5 | NLL | ECE | ReaL | agreement | KL(t‖s) |',

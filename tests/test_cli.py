@@ -1,0 +1,21 @@
+"""Shared CLI pieces: the orbax log filter that main (and a notebook) adds to absl's handler."""
+import logging
+import sys
+
+from lkd_jax import cli
+
+
+def _record(path: str, level: int) -> logging.LogRecord:
+  try:
+    raise OSError('disk full')
+  except OSError:
+    exc = sys.exc_info()
+  return logging.LogRecord('absl', level, path, 1, 'msg', None, exc)
+
+
+def test_quiet_orbax_drops_orbax_info_and_shortens_its_warnings():
+  assert not cli.quiet_orbax(_record('/site-packages/orbax/checkpoint/x.py', logging.INFO))
+  warning = _record('/site-packages/orbax/checkpoint/x.py', logging.WARNING)
+  assert cli.quiet_orbax(warning) and warning.exc_info is None  # one line, no traceback
+  other = _record('/work/lkd_jax/train.py', logging.INFO)
+  assert cli.quiet_orbax(other) and other.exc_info is not None
