@@ -115,5 +115,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.dist_beta = 1.0            # dist: inter-class (per-example) relation weight
   c.dist_gamma = 1.0           # dist: intra-class (global-batch) relation weight
   c.dist_tau = 1.0             # dist: softmax temperature
+  c.scalekd_alpha_s3 = (0.08, 0.06)  # scalekd: stage-3 (spatial, frequency) DFM weights (ScaleKD R50 recipes)
+  c.scalekd_alpha_s4 = (0.08, 0.06)  # scalekd: stage-4 (spatial, frequency) DFM weights
+  c.scalekd_heads = (16, 24)         # scalekd: CAP heads at (stage 3, stage 4) (R50 <- Swin-L)
+  c.scalekd_softmax_scale = (5.0, 5.0)  # scalekd: CAP attention logit scale at (stage 3, stage 4)
+  c.scalekd_kd_alpha = 0.5           # scalekd: KD weight a (CE gets 1 - a); 0 = no KD term
+  c.scalekd_kd_temperature = 1.0     # scalekd: KD T
+  c.scalekd_teacher_train_mode = False  # scalekd: True reproduces the official train-mode teacher's
+                                        # drop path in the TPP tail (spec bug 3); False: eval, deterministic
   # ---- end of distillation method hyper-parameters ----
   return c
