@@ -69,7 +69,11 @@ def base_config() -> ml_collections.ConfigDict:
        'inference_form': 'branches'})
   c.optim = ml_collections.ConfigDict(dict(
       lr=4e-3, min_lr=1e-6, warmup_steps=0, warmup_epochs=0.0, warmup_init_lr=0.0, weight_decay=0.05, b1=0.9,
-      b2=0.999, eps=1e-8, grad_clip=0.0, grad_accum_steps=1))
+      b2=0.999, eps=1e-8, grad_clip=0.0, grad_accum_steps=1,
+      name='adamw',          # 'adamw', 'lamb' (ScaleKD advanced) or 'sgd' (torch-style weight decay)
+      momentum=0.9,          # sgd only
+      schedule='cosine',     # 'cosine' (warm-up + cosine) or 'step' (lr * decay_rate at decay_epochs)
+      decay_epochs=(), decay_rate=0.1))
   c.mix = ml_collections.ConfigDict(dict(
       mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, mix_prob=1.0, label_smoothing=0.1))
   c.data = ml_collections.ConfigDict(dict(

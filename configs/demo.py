@@ -2,6 +2,7 @@
 
     python -m lkd_jax.main --config configs/demo.py --workdir /tmp/lkd_demo
     python -m lkd_jax.main --config configs/demo.py:method=kd,seed=1,steps=600 --workdir /tmp/lkd_demo1
+    python -m lkd_jax.main --config configs/demo.py:method=scalekd,teacher=swin_atto --workdir /tmp/lkd_skd
 
 Trains the teacher (slak_atto, CE), the baseline student (resnet_atto, CE) and the distilled student
 (resnet_atto, `method`, same seed and data order as the baseline), then prints the table and writes
@@ -15,7 +16,12 @@ from configs import common
 # The demo teacher: SLaK blocks with large kernels on 64 px inputs (stage maps 16, 8, 4, 2 px, so
 # every kernel spans its whole map) and small edge 5: three branches Kx5 + 5xK + 5x5. Layer scale
 # starts at 1 instead of 1e-6 so this 5-block net trains in a few hundred steps.
-TEACHER_KWARGS = {'slak_atto': {'kernel_size': (31, 29, 27, 13, 5), 'layer_scale_init_value': 1.0}}
+TEACHER_KWARGS = {'slak_atto': {'kernel_size': (31, 29, 27, 13, 5), 'layer_scale_init_value': 1.0},
+                  # Swin at 64 px: stage maps 16, 8, 4, 2 with 4x4 windows (7 divides none of them).
+                  'swin_atto': {'img_size': 64, 'window_size': 4}}
+# method=scalekd: CAP heads at (stage 3, stage 4), head width 16 on the atto widths (64, 128); the
+# rest is the official R50 <- Swin-L recipe's (alpha 0.08 / 0.06 per stage, softmax scale 5, KD 0.5).
+SCALEKD_HEADS = (4, 8)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -53,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.kd_temperature = 3.0
   c.update(nkd_gamma=a.nkd_gamma, fd_weight=a.fd_weight, fd_stages=a.fd_stages,
            dkd_warmup_steps=a.dkd_warmup_steps)
+  c.scalekd_heads = SCALEKD_HEADS
   # Every stage ends on the embedded corruption suite (5 corruptions x 5 severities, 512 images
   # each): the report's robustness column.
   c.evals = 'synthetic_c'
