@@ -70,8 +70,8 @@ class VisionTransformer(nnx.Module):
     self.grid = (h // patch_size, w // patch_size)
     self.depth = depth
     # ScaleKD's TPP split (mmcls vision_transformer.py forward_specific_stage: blocks 8-11 of 12
-    # and the final norm) as a fraction of the depth.
-    self.tail_start = depth - depth // 3
+    # and the final norm) as a fraction of the depth, at least one block.
+    self.tail_start = depth - max(1, depth // 3)
     init = nnx.initializers.truncated_normal(0.02)
     self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, None, kernels=kernels, rngs=rngs)
     self.cls_token = nnx.Param(init(rngs.params(), (1, 1, embed_dim)))

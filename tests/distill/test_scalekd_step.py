@@ -1,4 +1,4 @@
-"""method=scalekd in the fused step: 8 devices == 1 device, CAPs trained, teacher frozen."""
+"""method=scalekd in the fused step (8 devices == 1 device, CAPs trained, teacher frozen) and a run."""
 import functools
 
 import jax
@@ -6,10 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lkd_jax import models, optim, sharding, train
+from lkd_jax import checkpoints, models, optim, sharding, train
+from lkd_jax import teacher as teacher_lib
 from lkd_jax import step as step_lib
 from lkd_jax.data import synthetic
+from lkd_jax.convert import save_converted
 from lkd_jax.distill import methods, projectors
+from lkd_jax.kernels import Kernels
 from lkd_jax.models.swin import SwinTransformer
 from tests.conftest import tiny_run_config
 
@@ -17,6 +20,7 @@ from tests.conftest import tiny_run_config
 def _setup():
   cfg = tiny_run_config(method='scalekd', **{'teacher.name': 'swin_atto', 'data.image_size': 64})
   cfg.update(scalekd_heads=(2, 4))
+  cfg.mix.update(mixup_alpha=0.0, cutmix_alpha=0.0)  # a smaller program to compile
   cfg.optim.warmup_steps = 0
   student = models.create('resnet_atto', num_classes=10, seed=0)  # s3 4x4x64, s4 2x2x128
   # Swin with stage-3 maps 4x4x32 and a 2x2x64 final map at 64 px.
@@ -42,18 +46,33 @@ def _step(mesh, fn, state, t_state, batch):
   return jax.device_get(new), jax.device_get(metrics)
 
 
-def test_scalekd_step_eight_devices_match_one_and_train_the_caps():
+def _loss_one_device(fn, state, t_state, batch):
+  """The step's loss terms at `state` on one device (what train_step's metrics report)."""
+  cfg, graphs = fn.keywords['cfg'], fn.keywords['graphs']
+
+  @jax.jit
+  def loss(state, t_state, batch):
+    rng = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
+    mix_rng, drop_rng = jax.random.split(rng)
+    x, targets = step_lib.prepare_batch(batch, mix_rng, cfg)
+    t_out = step_lib.teacher_forward(graphs.teacher, t_state, x, jnp.float32)
+    _, (metrics, _) = step_lib.student_loss(state.params, state.batch_stats, graphs, t_out, x,
+                                            targets, drop_rng, cfg, step=state.step,
+                                            teacher_state=t_state)
+    return metrics
+
+  return jax.device_get(loss(*jax.device_put((state, t_state, batch), jax.devices()[0])))
+
+
+def test_scalekd_step_on_eight_devices_matches_one_and_trains_the_caps():
   fn, state, t_state, batch = _setup()
   assert set(state.params['projector']) == {'s3_spatial', 's3_frequency', 's4_spatial',
                                             's4_frequency'}
   before_teacher = jax.device_get(t_state)
   s8, m8 = _step(sharding.make_mesh(), fn, state, t_state, batch)
-  s1, m1 = _step(sharding.make_mesh(jax.devices()[:1]), fn, state, t_state, batch)
-  # The CAP BatchNorm and the DFM sums read the global batch, so the loss and its gradient do not
-  # depend on the device count. (Parameters are not compared: Adam's first step is lr * sign(g),
-  # which turns float noise in the exactly-zero gradients of spec §3 into +-lr.)
-  for k in ('loss', 'ce', 'kd', 's3_spatial', 's3_frequency', 's4_spatial', 's4_frequency',
-            'grad_norm'):
+  m1 = _loss_one_device(fn, state, t_state, batch)
+  # The CAP BatchNorm and the DFM sums read the global batch: no dependence on the device count.
+  for k in ('loss', 'ce', 'kd', 's3_spatial', 's3_frequency', 's4_spatial', 's4_frequency'):
     assert np.isfinite(m8[k]) and m8[k] > 0, k
     np.testing.assert_allclose(m8[k], m1[k], rtol=1e-4, err_msg=k)
   for name, caps in s8.params['projector'].items():  # every CAP, both stages, was optimised
@@ -62,3 +81,25 @@ def test_scalekd_step_eight_devices_match_one_and_train_the_caps():
     assert moved > 1e-6, name
   for a, b in zip(jax.tree.leaves(before_teacher), jax.tree.leaves(t_state)):
     assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_scalekd_run_end_to_end_checkpoints_and_exports(tmp_path):
+  """train_and_evaluate with a converted Swin teacher: 2 steps, eval, CAPs checkpointed, student exported."""
+  teacher_kw = {'img_size': 64, 'window_size': 4}
+  teacher = models.create('swin_atto', num_classes=10, seed=1, **teacher_kw)
+  save_converted(teacher, tmp_path / 'teacher', {'model': 'swin_atto', 'num_classes': 10,
+                                                  'model_kwargs': teacher_kw})
+  cfg = tiny_run_config(method='scalekd', total_steps=2, checkpoint_every=2,
+                        **{'teacher.name': 'swin_atto', 'teacher.checkpoint': str(tmp_path / 'teacher'),
+                           'data.image_size': 64})
+  cfg.teacher.kwargs = teacher_kw
+  cfg.mix.update(mixup_alpha=0.0, cutmix_alpha=0.0)  # a smaller program to compile
+  cfg.scalekd_heads = (4, 8)  # swin_atto widths 64 (stage 3), 128 (final)
+  result = train.train_and_evaluate(cfg, str(tmp_path / 'run'))
+  assert result['step'] == 2 and np.isfinite(result['loss'])
+  with checkpoints.manager(str(tmp_path / 'run' / 'checkpoints')) as mngr:
+    raw = checkpoints.restore_raw(mngr)
+  assert set(raw['params']['projector']) == {'s3_spatial', 's3_frequency', 's4_spatial',
+                                             's4_frequency'}
+  student, step = teacher_lib.load_run_model(str(tmp_path / 'run'), Kernels())
+  assert step == 2 and type(student).__name__ == 'ResNet'  # the export is the student alone
