@@ -20,7 +20,12 @@ Decisions where the official code is ambiguous or buggy (spec §9), each also sa
 * Stage-4 CAPs always take the TPP outputs as queries; their learned queries (Swin-S's
   self_query=True at stage 4) are never used by the official code (bug 7) and are not built.
 * Teacher in eval mode by default (deterministic targets and tail); `scalekd_teacher_train_mode`
-  reproduces the official train-mode teacher (bug 3) in the TPP tail: its drop path is active.
+  reproduces the official train-mode teacher (bug 3) in the TPP tail: its drop path is active (the
+  target t4 still comes from the step's eval-mode teacher forward).
+* Tails (TPP) per family: Swin as the official (last patch merging + last stage + final norm); ViT:
+  blocks depth - max(1, depth // 3) onwards + final norm on the patch tokens alone (no class token;
+  the official 8-11 of 12); SLaK/ConvNeXt: last downsampling + last stage + the final LayerNorm per
+  position, so that the tail and the target t4 are one function (mmcls ConvNeXt's tail drops it).
 * KD is the official cross-entropy form (it differs from the KL by the teacher entropy, a constant),
   computed with log-softmax.
 """
