@@ -1,4 +1,6 @@
 """Teacher tails (ScaleKD's TPP): fed the teacher's own stage-3 input, the tail reproduces its forward."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,12 @@ TEACHERS = {
     'slak_atto': dict(layer_scale_init_value=1.0),
     'convnext_atto': dict(layer_scale_init_value=1.0),
 }
+
+
+@functools.lru_cache(maxsize=None)
+def _split(name):
+  """(graphdef, state) of a tiny teacher, built once (building dominates these tests' time)."""
+  return nnx.split(models.create(name, num_classes=10, seed=3, **TEACHERS[name]))
 
 
 def _images(n=2):
@@ -34,7 +42,7 @@ def _tail_input(model, x):
 
 @pytest.mark.parametrize('name', sorted(TEACHERS))
 def test_tail_reproduces_the_teachers_forward(name):
-  graph, state = nnx.split(models.create(name, num_classes=10, seed=3, **TEACHERS[name]))
+  graph, state = _split(name)
 
   @jax.jit
   def run(state, x):
@@ -53,7 +61,7 @@ def test_tail_reproduces_the_teachers_forward(name):
 
 
 def test_tail_is_differentiable_in_the_map_and_frozen_in_the_weights():
-  graph, state = nnx.split(models.create('deit_atto', num_classes=10, seed=3))
+  graph, state = _split('deit_atto')
   x3 = jax.random.normal(jax.random.key(1), (2, 4, 4, 48))
 
   @jax.jit
