@@ -69,7 +69,11 @@ def base_config() -> ml_collections.ConfigDict:
        'inference_form': 'branches'})
   c.optim = ml_collections.ConfigDict(dict(
       lr=4e-3, min_lr=1e-6, warmup_steps=0, warmup_epochs=0.0, warmup_init_lr=0.0, weight_decay=0.05, b1=0.9,
-      b2=0.999, eps=1e-8, grad_clip=0.0, grad_accum_steps=1))
+      b2=0.999, eps=1e-8, grad_clip=0.0, grad_accum_steps=1,
+      name='adamw',          # 'adamw', 'lamb' (ScaleKD advanced) or 'sgd' (torch-style weight decay)
+      momentum=0.9,          # sgd only
+      schedule='cosine',     # 'cosine' (warm-up + cosine) or 'step' (lr * decay_rate at decay_epochs)
+      decay_epochs=(), decay_rate=0.1))
   c.mix = ml_collections.ConfigDict(dict(
       mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, mix_prob=1.0, label_smoothing=0.1))
   c.data = ml_collections.ConfigDict(dict(
@@ -119,5 +123,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.dist_beta = 1.0            # dist: inter-class (per-example) relation weight
   c.dist_gamma = 1.0           # dist: intra-class (global-batch) relation weight
   c.dist_tau = 1.0             # dist: softmax temperature
+  c.scalekd_alpha_s3 = (0.08, 0.06)  # scalekd: stage-3 (spatial, frequency) DFM weights (ScaleKD R50 recipes)
+  c.scalekd_alpha_s4 = (0.08, 0.06)  # scalekd: stage-4 (spatial, frequency) DFM weights
+  c.scalekd_heads = (16, 24)         # scalekd: CAP heads at (stage 3, stage 4) (R50 <- Swin-L)
+  c.scalekd_softmax_scale = (5.0, 5.0)  # scalekd: CAP attention logit scale at (stage 3, stage 4)
+  c.scalekd_kd_alpha = 0.5           # scalekd: KD weight a (CE gets 1 - a); 0 = no KD term
+  c.scalekd_kd_temperature = 1.0     # scalekd: KD T
+  c.scalekd_teacher_train_mode = False  # scalekd: True reproduces the official train-mode teacher's
+                                        # drop path in the TPP tail (spec bug 3); False: eval, deterministic
   # ---- end of distillation method hyper-parameters ----
   return c

@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 
 from lkd_jax.data import device_augment, mix
-from lkd_jax.distill import losses, methods
+from lkd_jax.distill import losses, methods, scalekd
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -66,16 +66,21 @@ def teacher_forward(graph: Any, teacher_state: Any, x: jax.Array, dtype: Any
 
 def student_loss(params: Any, batch_stats: Any, graphs: Graphs, teacher_out: Any, x: jax.Array,
                  targets: jax.Array, rng: jax.Array, cfg: ml_collections.ConfigDict,
-                 step: jax.Array | None = None
+                 step: jax.Array | None = None, teacher_state: Any = None
                  ) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
-  """Method loss of the student in train mode; returns (loss, (metrics, new batch_stats))."""
+  """Method loss of the student in train mode; returns (loss, (metrics, new batch_stats)).
+
+  A method that `uses_teacher_tail` also gets the teacher module, its weights under stop_gradient."""
+  method = methods.get(cfg.method)
   model = nnx.merge(graphs.student, params["student"], batch_stats, graphs.student_rest, copy=True)
   nnx.reseed(model, dropout=rng)
   student_out = model(x, train=True)
   projector = None if graphs.projector is None else nnx.merge(graphs.projector,
                                                              params['projector'])
-  loss, metrics = methods.get(cfg.method).loss(student_out, teacher_out, targets, projector, cfg,
-                                               step=step)
+  extra = {}
+  if method.uses_teacher_tail:
+    extra['teacher'] = nnx.merge(graphs.teacher, scalekd.frozen(teacher_state), copy=True)
+  loss, metrics = method.loss(student_out, teacher_out, targets, projector, cfg, step=step, **extra)
   metrics = dict(metrics, loss=loss, train_accuracy=losses.accuracy(student_out[0], targets))
   return loss, (metrics, nnx.state(model, nnx.BatchStat))
 
@@ -100,7 +105,7 @@ def train_step(state: TrainState, teacher_state: Any, batch: dict[str, jax.Array
   grad_fn = jax.value_and_grad(student_loss, has_aux=True)
   (_, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, graphs,
                                                teacher_out, x, targets, drop_rng, cfg,
-                                               step=state.step)
+                                               step=state.step, teacher_state=teacher_state)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=lr_fn(state.step))

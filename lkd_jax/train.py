@@ -22,7 +22,7 @@ from lkd_jax import teacher as teacher_lib
 from lkd_jax import data as data_lib
 from lkd_jax import models
 from lkd_jax import step as step_lib
-from lkd_jax.distill import methods, projectors
+from lkd_jax.distill import methods, projectors, scalekd
 from lkd_jax.errors import SetupError
 from lkd_jax.kernels import Kernels, xla_options
 
@@ -45,7 +45,7 @@ def validate(config: ml_collections.ConfigDict, workdir: str, pending_stages: tu
   for name in (config.model.name, config.teacher.name if method.needs_teacher else None):
     if name is not None and name not in models.names():
       raise SetupError(f'Unknown model {name!r}. Known models: {", ".join(models.names())}.')
-  if method.needs_projector:
+  if method.needs_projector and not method.uses_teacher_tail:
     try:
       projectors.parse_stages(config.fd_stages)
     except ValueError as e:
@@ -194,7 +194,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
                           kernels=kern, **config.model.kwargs)
   teacher_graph, teacher_state, teacher_source = teacher or (None, None, None)
   projector = None
-  if method.needs_projector:  # FD projectors sized from eval_shape'd feature maps (no FLOPs).
+  if method.uses_teacher_tail:
+    scalekd.check_teacher(config.teacher.name, nnx.merge(teacher_graph, teacher_state), config)
+  if method.needs_projector:  # projectors sized from eval_shape'd feature maps (no FLOPs).
     projector = methods.build_projector(
         config, projectors.feature_shapes(student, config.data.image_size),
         projectors.feature_shapes((teacher_graph, teacher_state), config.data.image_size),

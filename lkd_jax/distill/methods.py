@@ -17,6 +17,9 @@ Hyper-parameters are top-level config keys (configs/common.py, block "Distillati
 | fd+nkd_lkkd   | nkd_lkkd + w FD                                            | LK-KD `FD+NKD` (faithful) |
 | dkd           | CE + min((step+1)/warmup, 1) (a TCKD + b NCKD)             | Zhao et al. 2022, mdistiller DKD.py (a=1, b=0.5, T=1) |
 | dist          | CE + b inter + g intra (global-batch intra)                | Huang et al. 2022, hunto dist_kd.py (b=g=1, tau=1) |
+| scalekd       | (1-a) CE + a T^2 CE(p_t, p_s) + DFM(CAP, TPP) at stages 3, 4 | Fan et al. 2024, deep-optimization/ScaleKD (scalekd.py) |
+
+A method with `uses_teacher_tail` also gets `teacher=`, the frozen teacher module (scalekd's TPP).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lkd_jax.distill import losses, projectors
+from lkd_jax.distill import losses, projectors, scalekd
 
 Out = tuple[jax.Array, dict[str, jax.Array]]
 Metrics = dict[str, jax.Array]
@@ -37,6 +40,7 @@ class Method(NamedTuple):
   loss: LossFn
   needs_teacher: bool
   needs_projector: bool = False
+  uses_teacher_tail: bool = False  # loss(..., teacher=frozen teacher module)
 
 
 def ce(student_out: Out, teacher_out: Out | None, targets: jax.Array, projector: Any,
@@ -143,6 +147,8 @@ METHODS: dict[str, Method] = {
     'fd+nkd_lkkd': Method(_with_fd(nkd_lkkd), needs_teacher=True, needs_projector=True),
     'dkd': Method(dkd, needs_teacher=True),
     'dist': Method(dist, needs_teacher=True),
+    'scalekd': Method(scalekd.loss, needs_teacher=True, needs_projector=True,
+                      uses_teacher_tail=True),
 }
 
 
@@ -155,11 +161,15 @@ def get(name: str) -> Method:
 
 def build_projector(cfg: ml_collections.ConfigDict, student_feats: dict[str, Any] | None,
                     teacher_feats: dict[str, Any] | None, seed: int) -> Any:
-  """FD projectors (one 1x1 per `cfg.fd_stages` stage) from feature shapes; None for methods without one."""
-  if not get(cfg.method).needs_projector:
+  """The method's projectors from feature shapes (FD: one 1x1 per `cfg.fd_stages` stage; scalekd:
+  its four CAPs); None for methods without one."""
+  method = get(cfg.method)
+  if not method.needs_projector:
     return None
   if student_feats is None or teacher_feats is None:
     raise ValueError(f'Method {cfg.method!r} needs student and teacher feature shapes.')
+  if method.uses_teacher_tail:
+    return scalekd.build(cfg, student_feats, teacher_feats, seed)
   return projectors.build(projectors.parse_stages(cfg.fd_stages), student_feats, teacher_feats,
                           seed)
 

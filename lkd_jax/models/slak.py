@@ -221,16 +221,31 @@ class SLaK(nnx.Module):
     return Block(dim, self.kernel_size[stage], self.kernel_size[-1], self.decom, drop_path,
                  layer_scale, form=self.inference_form, kernels=self.kernels, rngs=rngs)
 
+  def _stage(self, i: int, x: jax.Array, train: bool) -> jax.Array:
+    for layer in self.downsample_layers[i]:  # stem: conv, LN; downsampling: LN, conv.
+      x = layer(x)
+    for blk in self.stages[i]:
+      x = blk(x, train)
+    return x
+
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
     feats = {}
     for i in range(4):
-      for layer in self.downsample_layers[i]:  # stem: conv, LN; downsampling: LN, conv.
-        x = layer(x)
-      for blk in self.stages[i]:
-        x = blk(x, train)
+      x = self._stage(i, x, train)
       feats[f'stage{i + 1}'] = x
     logits = self.head(self.norm(x.mean(axis=(1, 2))))
     return logits, feats
+
+  def final_map(self, feats: dict[str, jax.Array]) -> jax.Array:
+    """The final feature map: the final LayerNorm applied per position to feats['stage4'] (the
+    classifier pools first; ScaleKD's target is a map, as mmcls ConvNeXt's gap_before_final_norm=False)."""
+    return self.norm(feats['stage4'])
+
+  def tail(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Last downsampling + last-stage blocks + final norm per position on a stage-3-shaped NHWC map
+    (ScaleKD's TPP); tail(feats['stage3']) == final_map(feats). The norm is kept, unlike mmcls
+    ConvNeXt's `forward_specific_stage`, so that the TPP output and the target are the same function."""
+    return self.norm(self._stage(3, x, train))
 
 
 def _trunc_normal_init(model: nnx.Module, rngs: nnx.Rngs) -> None:

@@ -200,6 +200,15 @@ class SwinTransformer(nnx.Module):
       feats[f'stage{i + 1}'] = x
     return self.head(self.norm(x)), feats
 
+  def final_map(self, feats: dict[str, jax.Array]) -> jax.Array:
+    """The final feature map (final norm of feats['stage4'], per position): ScaleKD's target."""
+    return self.norm(feats['stage4'])
+
+  def tail(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Last patch merging + last-stage blocks + final norm on a stage-3-shaped NHWC map (ScaleKD's
+    TPP, `forward_specific_stage(x, 4)`); tail(feats['stage3']) == final_map(feats)."""
+    return self.norm(self.layers[-1](x, train))
+
 
 def _swin(**cfg):
   def build(*, num_classes: int, rngs: nnx.Rngs, **kw) -> SwinTransformer:
@@ -208,5 +217,9 @@ def _swin(**cfg):
 
 
 register('swin_t')(_swin(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)))
+# ScaleKD's teachers (timm swin_{small,base,large}_patch4_window7_224; Swin-L is the 22k->1k one).
+register('swin_s')(_swin(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)))
+register('swin_b')(_swin(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)))
+register('swin_l')(_swin(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)))
 # Tiny variant (= swin_ref's shape); 224 input as the window/shift layout needs.
 register('swin_atto')(_swin(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(2, 4, 8, 16)))

@@ -57,20 +57,25 @@ class ViTBlock(nnx.Module):
 class VisionTransformer(nnx.Module):
   """ViT with a class token and learned position embedding; the head reads the class token.
 
-  `kernels`: the forms the patch conv and every LayerNorm compute with (default: XLA's own ops).
+  `img_size`: an int or (H, W). `kernels`: the forms the patch conv and every LayerNorm compute with
+  (default: XLA's own ops).
   """
 
-  def __init__(self, *, num_classes: int, img_size: int = 224, patch_size: int = 16,
+  def __init__(self, *, num_classes: int, img_size: int | tuple[int, int] = 224, patch_size: int = 16,
                embed_dim: int = 384, depth: int = 12, num_heads: int = 6, mlp_ratio: float = 4.0,
                qkv_bias: bool = True, qk_scale: float | None = None, ln_eps: float = 1e-6,
                drop_path_rate: float = 0.0, in_chans: int = 3, kernels: Kernels = Kernels(),
                rngs: nnx.Rngs):
-    self.grid = img_size // patch_size
+    h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    self.grid = (h // patch_size, w // patch_size)
     self.depth = depth
+    # ScaleKD's TPP split (mmcls vision_transformer.py forward_specific_stage: blocks 8-11 of 12
+    # and the final norm) as a fraction of the depth, at least one block.
+    self.tail_start = depth - max(1, depth // 3)
     init = nnx.initializers.truncated_normal(0.02)
     self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, None, kernels=kernels, rngs=rngs)
     self.cls_token = nnx.Param(init(rngs.params(), (1, 1, embed_dim)))
-    self.pos_embed = nnx.Param(init(rngs.params(), (1, 1 + self.grid ** 2, embed_dim)))
+    self.pos_embed = nnx.Param(init(rngs.params(), (1, 1 + self.grid[0] * self.grid[1], embed_dim)))
     scale = qk_scale or (embed_dim // num_heads) ** -0.5
     rates = layers.drop_path_rates(drop_path_rate, [depth])
     self.blocks = nnx.List([
@@ -81,23 +86,48 @@ class VisionTransformer(nnx.Module):
     self.head = nnx.Linear(embed_dim, num_classes, rngs=rngs)
     layers.trunc_normal_init(self, rngs)
 
-  def _map(self, tokens: jax.Array) -> jax.Array:
-    b, _, c = tokens.shape
-    return tokens[:, 1:].reshape(b, self.grid, self.grid, c)
-
-  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def tokens(self, x: jax.Array) -> tuple[jax.Array, tuple[int, int]]:
+    """(class token + patch tokens + position embedding (B, 1 + h*w, C), the patch grid (h, w))."""
     x = self.patch_embed(x)
     b, h, w, c = x.shape
     cls = jnp.broadcast_to(self.cls_token[...], (b, 1, c)).astype(x.dtype)
-    x = jnp.concatenate([cls, x.reshape(b, h * w, c)], axis=1) + self.pos_embed[...]
+    return jnp.concatenate([cls, x.reshape(b, h * w, c)], axis=1) + self.pos_embed[...], (h, w)
+
+  def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    x, grid = self.tokens(x)
     taps = [math.ceil(self.depth * k / 4) - 1 for k in (1, 2, 3)]  # block index of stage1..3.
     feats = {}
     for i, blk in enumerate(self.blocks):
       x = blk(x, train)
-      feats.update({f'stage{k + 1}': self._map(x) for k, t in enumerate(taps) if t == i})
+      feats.update({f'stage{k + 1}': _patch_map(x, grid) for k, t in enumerate(taps) if t == i})
     x = self.norm(x)
-    feats['stage4'] = self._map(x)
+    feats['stage4'] = _patch_map(x, grid)
     return self.head(x[:, 0]), dict(sorted(feats.items()))
+
+  def final_map(self, feats: dict[str, jax.Array]) -> jax.Array:
+    """The final feature map (feats['stage4'] is already the final-norm patch map): ScaleKD's target."""
+    return feats['stage4']
+
+  def tail(self, x: jax.Array, train: bool = False, cls: jax.Array | None = None) -> jax.Array:
+    """Blocks tail_start.. + final norm on an NHWC patch map (ScaleKD's TPP for ViT teachers).
+
+    A projected student map has no class token, so by default the blocks attend over the patch
+    tokens alone; `cls` (B, 1, C) prepends one (the teacher's own, to reproduce its forward).
+    """
+    b, h, w, c = x.shape
+    x = x.reshape(b, h * w, c)
+    if cls is not None:
+      x = jnp.concatenate([cls.astype(x.dtype), x], axis=1)
+    for blk in self.blocks[self.tail_start:]:
+      x = blk(x, train)
+    x = self.norm(x)
+    return _patch_map(x if cls is None else x[:, 1:], (h, w), has_cls=False)
+
+
+def _patch_map(tokens: jax.Array, grid: tuple[int, int], has_cls: bool = True) -> jax.Array:
+  """Patch tokens (class token dropped if present) reshaped row-major to (B, h, w, C)."""
+  b, _, c = tokens.shape
+  return (tokens[:, 1:] if has_cls else tokens).reshape(b, *grid, c)
 
 
 def _vit(**cfg):
@@ -109,6 +139,10 @@ def _vit(**cfg):
 _LEGACY = dict(mlp_ratio=3.0, qkv_bias=False, ln_eps=1e-5)
 register('vit_s_legacy')(_vit(embed_dim=768, depth=8, num_heads=8, qk_scale=768 ** -0.5, **_LEGACY))
 register('deit_s')(_vit(embed_dim=384, depth=12, num_heads=6))
+# ViT-B / ViT-L in the timm layout (vit_{base,large}_patch16_224; DeiT-B has the same keys). timm's
+# ViT-B/L use LayerNorm eps 1e-6, like DeiT.
+register('vit_b')(_vit(embed_dim=768, depth=12, num_heads=12))
+register('vit_l')(_vit(embed_dim=1024, depth=24, num_heads=16))
 # Tiny variants (= vit_legacy_ref / deit_small_ref shapes), 64x64 input.
 register('vit_legacy_atto')(_vit(img_size=64, embed_dim=64, depth=2, num_heads=4, qk_scale=0.125,
                                  **_LEGACY))

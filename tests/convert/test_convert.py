@@ -135,3 +135,38 @@ def test_cli_converts_with_model_kwargs(tmp_path, capsys):
   assert model.stages[0][0].large_kernel.LoRA1.conv.kernel.shape[0] == 13
   with pytest.raises(ValueError, match=r'converted for slak_atto with model kwargs .*13, 11, 9, 7, 3'):
     load_teacher(str(dst), 'slak_atto', 10)
+
+
+def _official_to_mmcls_4c(w: np.ndarray) -> np.ndarray:
+  """The spec's (keys/scalekd README) official -> mmcv Unfold order along the 4C (last) axis."""
+  c = w.shape[-1] // 4
+  lead = int(np.prod(w.shape[:-1]))
+  return w.reshape(lead, 4, c)[:, [0, 2, 1, 3], :].transpose(0, 2, 1).reshape(w.shape)
+
+
+def _timm_to_mmcls_key(k: str) -> str:
+  import re
+  k = re.sub(r'^layers\.(\d+)\.downsample\.', lambda m: f'stages.{int(m.group(1)) - 1}.downsample.', k)
+  for a, b in (('layers.', 'stages.'), ('.attn.', '.attn.w_msa.'), ('.mlp.fc1.', '.ffn.layers.0.0.'),
+               ('.mlp.fc2.', '.ffn.layers.1.'), ('patch_embed.proj.', 'patch_embed.projection.')):
+    k = k.replace(a, b)
+  k = re.sub(r'^norm\.', 'norm3.', k)
+  return 'teacher.' + (k if k.startswith('head.') else 'backbone.' + k)
+
+
+def test_swin_mmcls_layout_converts_with_the_unfold_channel_order():
+  timm = torch_state_dict(abstract_model('swin_atto', 10))
+  mmcls = {'student.fc.weight': np.zeros(3, np.float32)}  # a distiller checkpoint: teacher.* only
+  for k, v in timm.items():
+    if '.downsample.' in k and k.endswith(('norm.weight', 'norm.bias', 'reduction.weight')):
+      v = _official_to_mmcls_4c(v)
+    mmcls[_timm_to_mmcls_key(k)] = v
+  mmcls['teacher.backbone.stages.0.blocks.0.attn.w_msa.relative_position_index'] = np.zeros(
+      (49, 49), np.int64)
+  got = swin_timm1_to_timm(mmcls)
+  assert set(got) == set(timm)
+  for k, v in timm.items():
+    np.testing.assert_array_equal(got[k], v, err_msg=k)
+  red = 'layers.1.downsample.reduction.weight'
+  assert not np.array_equal(mmcls['teacher.backbone.stages.0.downsample.reduction.weight'],
+                            timm[red])  # the orders differ: a plain rename would be wrong
