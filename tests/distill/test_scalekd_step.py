@@ -31,7 +31,7 @@ def _setup():
   proj = methods.build_projector(cfg, projectors.feature_shapes(student, 64),
                                  projectors.feature_shapes((t_graph, t_state), 64), cfg.seed)
   tx, lr_fn = optim.make(cfg, 10)
-  state, graphs = train._init_state(cfg, student, proj, tx)
+  state, graphs = train.init_state(cfg, student, proj, tx)
   fn = functools.partial(step_lib.train_step, graphs=graphs._replace(teacher=t_graph), tx=tx,
                          lr_fn=lr_fn, cfg=cfg)
   images, labels = synthetic.make_split(0, 'train', 16, 64)
