@@ -50,10 +50,13 @@ def jaxpr_macs(jaxpr) -> int:
   return total
 
 
-def input_size(model: nnx.Module) -> int:
-  """Square input side: 224, or the fixed size a model bakes in (tiny ViTs: 64)."""
+def input_size(model: nnx.Module) -> tuple[int, int]:
+  """Input (height, width): 224 x 224, or the size a ViT bakes in (its patch grid x patch size)."""
   grid = getattr(model, 'grid', None)
-  return grid * model.patch_embed.proj.kernel_size[0] if grid else 224
+  if not grid:
+    return 224, 224
+  patch = model.patch_embed.proj.kernel_size[0]
+  return grid[0] * patch, grid[1] * patch
 
 
 def count_macs(name: str, size: int | None = None, batch: int = 1, num_classes: int = 1000,
@@ -62,9 +65,9 @@ def count_macs(name: str, size: int | None = None, batch: int = 1, num_classes: 
   kernels) on `batch` images of size^2 (default: `input_size`)."""
   model = nnx.eval_shape(lambda: registry.create(name, num_classes=num_classes, kernels=COUNTING,
                                                  **model_kwargs))
-  size = size or input_size(model)
+  h, w = (size, size) if size else input_size(model)
   graphdef, state = nnx.split(model)
-  x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+  x = jax.ShapeDtypeStruct((batch, h, w, 3), jnp.float32)
   jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x, train=False)[0])(state, x)
   return jaxpr_macs(jaxpr.jaxpr)
 

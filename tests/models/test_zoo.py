@@ -39,7 +39,7 @@ def test_registry():
 def test_contract(name):
   """(logits, {'stage1'..'stage4'}) with NHWC maps at strides 4/8/16/32 (ViT: the patch grid), train too."""
   model = abstract(name, drop_path_rate=0.1)
-  size = input_size(model)
+  size, _ = input_size(model)
   for train in (False, True):
     logits, feats = out_shapes(model, size, train)
     assert logits.shape == (2, 10)
