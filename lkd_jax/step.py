@@ -64,14 +64,28 @@ def teacher_forward(graph: Any, teacher_state: Any, x: jax.Array, dtype: Any
   return jax.lax.stop_gradient((logits.astype(jnp.float32), feats))
 
 
+def teacher_only(teacher_state: Any, batch: dict[str, jax.Array], *, graph: Any,
+                 cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The step's teacher part alone (batch preparation and frozen forward), for its cost record."""
+  x, _ = prepare_batch(batch, jax.random.key(cfg.seed), cfg)
+  return teacher_forward(graph, teacher_state, x, jnp.dtype(cfg.teacher.dtype))
+
+
 def student_loss(params: Any, batch_stats: Any, graphs: Graphs, teacher_out: Any, x: jax.Array,
                  targets: jax.Array, rng: jax.Array, cfg: ml_collections.ConfigDict,
                  step: jax.Array | None = None
                  ) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
-  """Method loss of the student in train mode; returns (loss, (metrics, new batch_stats))."""
-  model = nnx.merge(graphs.student, params["student"], batch_stats, graphs.student_rest, copy=True)
+  """Method loss of the student in train mode; returns (loss, (metrics, new batch_stats)).
+
+  The student computes in cfg.compute_dtype (its float32 params cast on the way in, so their
+  gradients come back float32); BatchNorm statistics stay float32 and the method loss sees float32
+  outputs.
+  """
+  dtype = jnp.dtype(cfg.compute_dtype)
+  model = nnx.merge(graphs.student, cast_floats(params['student'], dtype), batch_stats,
+                    graphs.student_rest, copy=True)
   nnx.reseed(model, dropout=rng)
-  student_out = model(x, train=True)
+  student_out = cast_floats(model(x.astype(dtype), train=True), jnp.float32)
   projector = None if graphs.projector is None else nnx.merge(graphs.projector,
                                                              params['projector'])
   loss, metrics = methods.get(cfg.method).loss(student_out, teacher_out, targets, projector, cfg,
