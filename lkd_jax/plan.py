@@ -62,6 +62,8 @@ def topology_name(accelerator: str) -> tuple[str, Chip]:
 def tpu_devices(topology: str) -> list[Any]:
   """The devices of a TPU topology description (needs libtpu; no TPU needed)."""
   os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')  # else libtpu logs a host-lookup error
+  # No TPU is opened: several planning processes (parallel tests) may load libtpu at once.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   try:
     from jax.experimental import topologies
     return list(topologies.get_topology_desc(platform='tpu', topology_name=topology).devices)
