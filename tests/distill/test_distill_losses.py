@@ -246,25 +246,39 @@ def test_fd_spatial_rule_resizes_student_to_teacher_grid():
 
 # ---------------------------------------------------------------- all methods
 
+class _TinyTeacher:
+  """What scalekd's TPP needs of a teacher: its final map and a tail (2x2 merge, fixed linear, tanh)."""
+
+  def final_map(self, feats):
+    return feats['stage4']
+
+  def tail(self, x, train=False):
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h // 2, w // 2, -1)
+    return jnp.tanh(x @ jnp.asarray(np.random.default_rng(25).normal(size=(4 * c, 6)), jnp.float32))
+
+
 @pytest.mark.parametrize('name', sorted(methods.METHODS))
 def test_no_gradient_reaches_teacher_outputs(name):
   r = np.random.default_rng(22)
   zs, zt = jnp.asarray(_logits(23)), jnp.asarray(_logits(24))
-  fs = {'stage4': jnp.asarray(r.normal(size=(N, 2, 2, 5)), jnp.float32)}
-  ft = {'stage4': jnp.asarray(r.normal(size=(N, 2, 2, 6)), jnp.float32)}
+  feats = lambda c3, c4: {'stage3': jnp.asarray(r.normal(size=(N, 4, 4, c3)), jnp.float32),
+                          'stage4': jnp.asarray(r.normal(size=(N, 2, 2, c4)), jnp.float32)}
+  fs, ft = feats(4, 5), feats(4, 6)
   y = jnp.asarray(_targets(np.arange(N) % C))
-  cfg = _cfg(method=name, dkd_warmup_steps=4)
+  cfg = _cfg(method=name, dkd_warmup_steps=4, scalekd_heads=(2, 3))
   proj = methods.build_projector(cfg, fs, ft, 0)
-  loss_fn = methods.get(name).loss
+  method = methods.get(name)
+  extra = {'teacher': _TinyTeacher()} if method.uses_teacher_tail else {}
 
   def f(s_out, t_out):
-    return loss_fn(s_out, t_out, y, proj, cfg, step=jnp.int32(1))[0]
+    return method.loss(s_out, t_out, y, proj, cfg, step=jnp.int32(1), **extra)[0]
 
   g_s, g_t = jax.grad(f, argnums=(0, 1))((zs, fs), (zt, ft))
   for leaf in jax.tree.leaves(g_t):
     assert not np.any(np.asarray(leaf)), f'{name}: gradient reached the teacher'
   assert np.any(np.asarray(g_s[0])), f'{name}: no gradient on the student logits'
-  if methods.get(name).needs_projector:
+  if method.needs_projector:
     assert np.any(np.asarray(g_s[1]['stage4']))
   assert np.isfinite(float(f((zs, fs), (zt, ft))))
 
