@@ -66,7 +66,12 @@ def tpu_devices(topology: str) -> list[Any]:
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   try:
     from jax.experimental import topologies
-    return list(topologies.get_topology_desc(platform='tpu', topology_name=topology).devices)
+    chip = CHIPS.get(topology.split(':', 1)[0])
+    # v4/v5p: one JAX device per chip (megacore), as JAX sees the hardware; without it libtpu
+    # describes each TensorCore as a device with the chip's HBM and peak (MaxText does the same).
+    extra = {'chip_config_name': 'megacore'} if chip and chip.cores_per_chip == 2 else {}
+    return list(topologies.get_topology_desc(platform='tpu', topology_name=topology,
+                                             **extra).devices)
   except Exception as e:  # missing libtpu raises RuntimeError/ImportError; a bad shape, ValueError
     raise RuntimeError(f'Cannot describe TPU topology {topology!r} ({e}). Is libtpu installed '
                        '(pip install -e ".[tpu-plan]")?') from e

@@ -51,6 +51,8 @@ def test_plan_compiles_for_a_tpu_slice_on_this_host():
   name, chip = plan.topology_name('v5e-4')
   devices = plan.tpu_devices(name)
   assert len(devices) == 4 and 'TPU' in devices[0].device_kind
+  # v4-8 is 4 chips of 2 TensorCores: one device per chip (megacore), as JAX sees the hardware.
+  assert len(plan.tpu_devices(plan.topology_name('v4-8')[0])) == 4
   r = plan.plan(_config(), devices, 'tpu', hbm_gib=chip.hbm_gib, peak_tflops=chip.peak_tflops,
                 img_per_sec=1000.0)
   assert r['mesh'] == {'data': 2, 'fsdp': 2} and 0 < r['per_device_gib'] < chip.hbm_gib
