@@ -1,46 +1,19 @@
 """FSDP: (data=2, fsdp=4) computes what (data=8, fsdp=1) does, holds a quarter of each large tensor
 per device, and its checkpoints restore onto the other mesh shape."""
-import functools
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from lkd_jax import checkpoints, models, optim, sharding, train
-from lkd_jax import step as step_lib
-from lkd_jax.data import synthetic
+from lkd_jax import checkpoints, sharding, train
 from lkd_jax.errors import SetupError
-from tests.conftest import tiny_run_config
-
-
-def _setup():
-  cfg = tiny_run_config(method='kd', ema_decay=0.9, **{'teacher.name': 'resnet_atto'})
-  tx, lr_fn = optim.make(cfg, 10)
-  state, graphs = train.init_state(cfg, models.create('resnet_atto', num_classes=10, seed=0),
-                                    None, tx)
-  t_graph, t_state = nnx.split(models.create('resnet_atto', num_classes=10, seed=1))
-  fn = functools.partial(step_lib.train_step, graphs=graphs._replace(teacher=t_graph), tx=tx,
-                         lr_fn=lr_fn, cfg=cfg)
-  images, labels = synthetic.make_split(0, 'train', 16, 32)
-  return fn, state, t_state, {'image': images, 'label': labels}
+from tests.conftest import run_kd_steps, tiny_run_config
 
 
 def _run(fsdp: int, steps: int = 2):
-  fn, state, t_state, batch = _setup()
   mesh = sharding.make_mesh(fsdp=fsdp)
-  state_sh = sharding.param_shardings(state, mesh)
-  jitted = jax.jit(fn, in_shardings=(state_sh, sharding.param_shardings(t_state, mesh),
-                                     sharding.batch_sharded(mesh)),
-                   out_shardings=(state_sh, sharding.replicated(mesh)))
-  state, t_state = sharding.put_params(state, mesh), sharding.put_params(t_state, mesh)
-  losses = []
-  for _ in range(steps):
-    state, metrics = jitted(state, t_state, sharding.global_batch(batch, mesh))
-    losses.append(float(metrics['loss']))
-  return mesh, state, t_state, losses
+  cfg = tiny_run_config(method='kd', ema_decay=0.9, **{'teacher.name': 'resnet_atto'})
+  return (mesh, *run_kd_steps(cfg, mesh, steps))
 
 
 def _largest(tree):

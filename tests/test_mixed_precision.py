@@ -1,18 +1,14 @@
 """compute_dtype: a bfloat16 student computes in bfloat16, tracks the float32 loss, keeps float32 state."""
-import functools
-
 import jax
 import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from lkd_jax import models, optim, sharding, train
+from lkd_jax import sharding, train
 from lkd_jax import step as step_lib
-from lkd_jax.data import synthetic
 from lkd_jax.errors import SetupError
-from tests.conftest import tiny_run_config
+from tests.conftest import kd_setup, run_kd_steps, tiny_run_config
 
 STEPS = 3
 # bfloat16 keeps 8 mantissa bits (relative rounding 2^-9 ~ 0.2% per op); through resnet_atto and a
@@ -20,31 +16,14 @@ STEPS = 3
 LOSS_RTOL = 2e-2
 
 
-def _setup(compute_dtype: str):
-  cfg = tiny_run_config(method='kd', compute_dtype=compute_dtype,
-                        **{'teacher.name': 'resnet_atto', 'mix.mixup_alpha': 0.0,
-                           'mix.cutmix_alpha': 0.0})
-  student = models.create('resnet_atto', num_classes=10, seed=0)
-  t_graph, t_state = nnx.split(models.create('resnet_atto', num_classes=10, seed=1))
-  tx, lr_fn = optim.make(cfg, 10)
-  state, graphs = train.init_state(cfg, student, None, tx)
-  graphs = graphs._replace(teacher=t_graph)
-  images, labels = synthetic.make_split(0, 'train', 16, 32)
-  return cfg, graphs, tx, lr_fn, state, t_state, {'image': images, 'label': labels}
+def _config(compute_dtype: str):
+  return tiny_run_config(method='kd', compute_dtype=compute_dtype,
+                         **{'teacher.name': 'resnet_atto', 'mix.mixup_alpha': 0.0,
+                            'mix.cutmix_alpha': 0.0})
 
 
 def _train(compute_dtype: str):
-  cfg, graphs, tx, lr_fn, state, t_state, batch = _setup(compute_dtype)
-  mesh = sharding.make_mesh()
-  state_sh, t_sh = sharding.param_shardings(state, mesh), sharding.param_shardings(t_state, mesh)
-  fn = jax.jit(functools.partial(step_lib.train_step, graphs=graphs, tx=tx, lr_fn=lr_fn, cfg=cfg),
-               in_shardings=(state_sh, t_sh, sharding.batch_sharded(mesh)),
-               out_shardings=(state_sh, sharding.replicated(mesh)))
-  state, t_state = sharding.put_params(state, mesh), sharding.put_params(t_state, mesh)
-  losses = []
-  for _ in range(STEPS):
-    state, metrics = fn(state, t_state, sharding.global_batch(batch, mesh))
-    losses.append(float(metrics['loss']))
+  state, _, losses = run_kd_steps(_config(compute_dtype), sharding.make_mesh(), STEPS)
   return losses, jax.device_get(state)
 
 
@@ -61,7 +40,8 @@ def test_bfloat16_step_tracks_float32_and_keeps_float32_state():
 
 
 def test_bfloat16_student_convs_and_matmuls_run_in_bfloat16():
-  cfg, graphs, _, _, state, _, batch = _setup('bfloat16')
+  cfg = _config('bfloat16')
+  graphs, _, _, state, _, batch = kd_setup(cfg)
   x, targets = step_lib.prepare_batch(batch, jax.random.key(0), cfg)
   t_out = (jnp.zeros((16, 10)), {})
   jaxpr = jax.make_jaxpr(jax.grad(lambda p: step_lib.student_loss(
