@@ -24,8 +24,8 @@ slak_t, convnext_t and resnet50 (minimal models written here, no timm/torchvisio
 their JAX side alone (noted). A SLaK teacher runs in --teacher-form on the JAX side (default
 `merged_decom`, configs/slak_kd.py's) and --torch-teacher-form on the PyTorch side (default
 `branches`, as the paper's KD code runs it). The teacher computes in --teacher-dtype (default:
-bfloat16 on an accelerator, as configs/slak_kd.py runs it, float32 on CPU); the students train in
-float32. On a GPU PyTorch runs on CUDA with TF32, each call synchronized before the clock reads, and
+bfloat16 on an accelerator, as configs/slak_kd.py runs it, float32 on CPU); the student computes in
+--compute-dtype (the same default: bfloat16 under autocast on the PyTorch side). On a GPU PyTorch runs on CUDA with TF32, each call synchronized before the clock reads, and
 JAX's memory pool takes 45% of the card (XLA_PYTHON_CLIENT_MEM_FRACTION unless set) to leave
 PyTorch room. `gflop_per_image` counts dense FLOPs, 2*teacher + 6*student forward GMACs per image
 (lkd_jax.models.macs at --size); with --peak-tflops (an accelerator's dense peak) MFU too.
@@ -79,7 +79,7 @@ def run_config(teacher_name: str, student_name: str, a: argparse.Namespace):
   return slak_kd.get_config(
       f'teacher={teacher_name},student={student_name},method=kd,batch={a.batch},eff_batch={a.batch},'
       f'image_size={a.size},teacher_dtype={a.teacher_dtype},teacher_form={a.teacher_form},'
-      f'steps=1000,num_classes={NUM_CLASSES}')
+      f'compute_dtype={a.compute_dtype},steps=1000,num_classes={NUM_CLASSES}')
 
 
 def build_jax(config, chosen: kernels.Kernels, mesh):
@@ -95,8 +95,9 @@ def build_jax(config, chosen: kernels.Kernels, mesh):
   tx, lr_fn = optim.make(config, config.total_steps)
   state, graphs = train.init_state(config, student, None, tx)
   graphs = graphs._replace(teacher=t_graph)
-  step = train.jit_train_step(config, graphs, tx, lr_fn, mesh)
-  box = {'state': sharding.put_replicated(state, mesh)}
+  state = sharding.put_params(state, mesh)
+  step = train.jit_train_step(config, graphs, tx, lr_fn, mesh, state, t_state)
+  box = {'state': state}
 
   def run_step(batch):
     box['state'], metrics = step(box['state'], t_state, batch)
@@ -207,7 +208,7 @@ if torch is not None:
 
 
 def build_torch(teacher_name, student_name, channels_last, teacher_form='branches', device='cpu',
-                teacher_dtype='float32', config=None):
+                teacher_dtype='float32', config=None, compute_dtype='float32'):
   """(step, teacher forward) of the same recipe in PyTorch: mixup (or cutmix's cost-equal blend)
   with label smoothing, teacher forward under no_grad/autocast, KD loss, AdamW, EMA of the student."""
   build = TORCH_MODELS[teacher_name]
@@ -215,7 +216,7 @@ def build_torch(teacher_name, student_name, channels_last, teacher_form='branche
   student = TORCH_MODELS[student_name]().train().to(device)
   if channels_last:
     teacher, student = (m.to(memory_format=torch.channels_last) for m in (teacher, student))
-  t_dtype = getattr(torch, teacher_dtype)
+  t_dtype, s_dtype = getattr(torch, teacher_dtype), getattr(torch, compute_dtype)
   opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.05)
   ema = [v.detach().clone() for v in student.state_dict().values() if v.is_floating_point()]
   live = [v for v in student.state_dict().values() if v.is_floating_point()]
@@ -233,7 +234,8 @@ def build_torch(teacher_name, student_name, channels_last, teacher_form='branche
     soft = one_hot * (1 - smoothing) + smoothing / NUM_CLASSES
     targets = lam * soft + (1 - lam) * soft.flip(0)
     t_logits = run_tfwd(x)
-    s_logits = student(x)
+    with torch.autocast(torch.device(device).type, dtype=s_dtype, enabled=s_dtype != torch.float32):
+      s_logits = student(x).float()
     kl = F.kl_div(F.log_softmax(s_logits / T, -1), F.log_softmax(t_logits / T, -1), reduction='batchmean',
                   log_target=True)
     ce = torch.sum(-targets * F.log_softmax(s_logits, -1), -1).mean()
@@ -271,6 +273,8 @@ def main(argv=None):
   add_torch_device_arg(p)
   p.add_argument('--teacher-dtype', default='auto', choices=['auto', 'float32', 'bfloat16'],
                  help='the teacher forward, both sides (auto: bfloat16 on accelerators, else float32)')
+  p.add_argument('--compute-dtype', default='auto', choices=['auto', 'float32', 'bfloat16'],
+                 help="the student's arithmetic, both sides (auto: as --teacher-dtype)")
   p.add_argument('--teacher-form', default='merged_decom', choices=slak.INFERENCE_FORMS,
                  help="a SLaK teacher's inference form, JAX side")
   p.add_argument('--torch-teacher-form', default='branches', choices=slak.INFERENCE_FORMS,
@@ -298,6 +302,7 @@ def main(argv=None):
   host_malloc = apply_host_malloc(a.host_malloc)
   if a.teacher_dtype == 'auto':
     a.teacher_dtype = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+  a.compute_dtype = train.resolve_compute_dtype(a.compute_dtype, jax.default_backend())
   a.torch_device = torch_device(a.torch_device) if use_torch else None
   chosen = kernels.resolve({'conv_impl': a.conv_impl, 'layer_norm_impl': a.layer_norm_impl},
                            jax.default_backend())  # as train.py resolves a run's config
@@ -356,7 +361,8 @@ def _time_pairs(a: argparse.Namespace, pairs: list[str], use_torch: bool, chosen
     if pair_torch:
       torch.manual_seed(0)
       t_step, t_tfwd = build_torch(tname, sname, a.torch_layout == 'channels_last',
-                                   a.torch_teacher_form, a.torch_device, a.teacher_dtype, config)
+                                   a.torch_teacher_form, a.torch_device, a.teacher_dtype, config,
+                                   a.compute_dtype)
       t_step(xt, lt)
       t_tfwd(xt)
       fns |= {'torch_step': lambda: t_step(xt, lt), 'torch_teacher_fwd': lambda: t_tfwd(xt)}
@@ -405,6 +411,7 @@ def _emit_result(a: argparse.Namespace, rows: list[dict], notes: list[str], host
              **torch_fields(a.torch_device, 'torch side skipped: --jax-only' if a.jax_only else None),
              pairs_in='this process',
              torch_layout=a.torch_layout, teacher_dtype=a.teacher_dtype,
+             compute_dtype=a.compute_dtype,
              teacher_form=a.teacher_form,
              torch_teacher_form=a.torch_teacher_form, depthwise_impl=chosen.depthwise,
              conv_impl=chosen.conv, layer_norm_impl=chosen.layer_norm,

@@ -53,6 +53,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals = ''                 # '+'-joined evaluation suites run at the end (lkd_jax/evaluate/sets.py:
                                # imagenet_a+imagenet_r+imagenet_c, synthetic_c, ...); in final_metrics.json
   c.eval_options = ml_collections.ConfigDict({'num_eval': 0})  # evaluate.options() overrides
+  # Student arithmetic: 'float32' or 'bfloat16' (activations, convs and matmuls; params, optimizer
+  # state, EMA, BatchNorm statistics, softmaxes and losses stay float32). No loss scaling: bfloat16
+  # keeps float32's 8-bit exponent, so gradients do not underflow as they would in float16.
+  c.compute_dtype = 'float32'
+  # Device mesh (data, fsdp): fsdp > 1 shards params, optimizer state, EMA and the teacher over
+  # groups of that many devices (lkd_jax/sharding.py param_spec); 1 = plain data parallelism.
+  c.mesh = ml_collections.ConfigDict({'fsdp': 1})
   c.ema_decay = 0.0            # > 0 keeps an EMA of the student (paper: 0.9999) and evaluates it too.
   c.model = ml_collections.ConfigDict({'name': 'resnet50', 'kwargs': {}})
   c.teacher = ml_collections.ConfigDict(

@@ -47,6 +47,12 @@ Arguments (after the path, `k=v,k=v`):
   evals         '+'-joined evaluation suites run at the end, e.g.
                 imagenet_v2+imagenet_real+imagenet_a+imagenet_r+imagenet_sketch+imagenet_c
                 (python -m lkd_jax.evaluate runs them on any checkpoint too)
+  compute_dtype the student's arithmetic: auto (default: bfloat16 on GPU/TPU, float32 on CPU, where
+                XLA has no fast bfloat16 convolutions) | float32 | bfloat16; params, optimizer state,
+                EMA, BatchNorm statistics and losses stay float32 (no loss scaling: bfloat16 has
+                float32's exponent range)
+  fsdp          devices per FSDP group (default 1): params, optimizer state, EMA and the teacher are
+                sharded over them, the batch over all devices (README, Pods and clusters)
   teacher_check eval batches the frozen teacher is checked on before distilling (a teacher at
                 chance level stops the run: a wrong load); 0 skips the check
 """
@@ -75,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       teacher_ckpt='', teacher_form='', teacher_dtype='bfloat16', eff_batch=0, batch=0,
       lr=4e-3, warmup_epochs=20.0, drop_path=-1.0, ema=0.9999, seed=0, dataset='imagenet2012',
       data_dir='', eval_split='', num_classes=0, image_size=224, mock=0, eval_every_epochs=1.0,
-      evals='', teacher_check=10)
+      evals='', teacher_check=10, compute_dtype='auto', fsdp=1)
   recipe = _student_recipe(a.student)
   eff_batch = a.eff_batch or recipe['eff_batch']
   batch = a.batch or eff_batch
@@ -98,6 +104,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict({'name': a.student,
                                        'kwargs': {'drop_path_rate': drop_path}})
   c.evals = a.evals
+  c.compute_dtype = a.compute_dtype
+  c.mesh.fsdp = a.fsdp
   c.teacher.update(name='' if a.method == 'ce' else a.teacher, checkpoint=a.teacher_ckpt,
                    dtype=a.teacher_dtype, check_batches=a.teacher_check,
                    inference_form=a.teacher_form or (

@@ -10,15 +10,24 @@
 # feeds its own share of the data, the mesh spans every chip). The workdir must be shared by the
 # hosts: use a gs:// path (checkpoints, TensorBoard events, config.json and reports go there). The
 # teacher checkpoint is read by every host: copy it to each worker (or the same NFS path).
+#
+# DRY_RUN=1 prints the gcloud command and what each of WORKERS (default 1) hosts runs, runs nothing.
 set -euo pipefail
 : "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE to its zone}"
 REMOTE_DIR=${REMOTE_DIR:-lkd_jax}
-ssh_all() { gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all --command "$1"; }
+ssh_all() {
+  if [ "${DRY_RUN:-0}" = 1 ]; then
+    printf 'gcloud compute tpus tpu-vm ssh %q --zone %q --worker=all --command %q\n' "$TPU" "$ZONE" "$1"
+    for ((i = 0; i < ${WORKERS:-1}; i++)); do echo "worker $i: $1"; done
+    return
+  fi
+  gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all --command "$1"
+}
 
 case "${1:-}" in
   setup)
     cd "$(dirname "$0")/.."
-    gcloud compute tpus tpu-vm scp --recurse --zone "$ZONE" --worker=all \
+    [ "${DRY_RUN:-0}" = 1 ] || gcloud compute tpus tpu-vm scp --recurse --zone "$ZONE" --worker=all \
       pyproject.toml README.md lkd_jax configs "$TPU:$REMOTE_DIR/"
     ssh_all "cd $REMOTE_DIR && python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/pip install -q -U 'jax[tpu]'"
     ;;

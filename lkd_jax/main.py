@@ -18,6 +18,10 @@ config_flags.DEFINE_config_file('config', None, 'Config file, optionally with :k
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and the report.')
 flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first (Cloud TPU pod '
                   'slices, SLURM / Open MPI GPU clusters: the coordinator is auto-detected).')
+flags.DEFINE_string('coordinator_address', None, 'With --multihost elsewhere (plain GPU hosts, one '
+                    'machine): host:port of process 0, with --num_processes and --process_id.')
+flags.DEFINE_integer('num_processes', None, 'With --coordinator_address: the number of processes.')
+flags.DEFINE_integer('process_id', None, 'With --coordinator_address: this process\'s index.')
 flags.DEFINE_bool('overwrite', False, 'A workdir (or job stage) holding the record of another '
                   'config is moved aside to <dir>/replaced/<time>/ and trained anew (never deleted).')
 flags.DEFINE_bool('debug', False, 'Show full tracebacks for configuration and setup errors.')
@@ -128,7 +132,7 @@ def main(argv: list[str]) -> None:
   import jax
   from lkd_jax.data import hide_accelerators_from_tf
   if FLAGS.multihost:
-    jax.distributed.initialize()
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   hide_accelerators_from_tf()
   from lkd_jax import job, train
   from lkd_jax.errors import SetupError

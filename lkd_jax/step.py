@@ -64,17 +64,30 @@ def teacher_forward(graph: Any, teacher_state: Any, x: jax.Array, dtype: Any
   return jax.lax.stop_gradient((logits.astype(jnp.float32), feats))
 
 
+def teacher_only(teacher_state: Any, batch: dict[str, jax.Array], *, graph: Any,
+                 cfg: ml_collections.ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The step's teacher part alone (batch preparation and frozen forward), for its cost record."""
+  x, _ = prepare_batch(batch, jax.random.key(cfg.seed), cfg)
+  return teacher_forward(graph, teacher_state, x, jnp.dtype(cfg.teacher.dtype))
+
+
 def student_loss(params: Any, batch_stats: Any, graphs: Graphs, teacher_out: Any, x: jax.Array,
                  targets: jax.Array, rng: jax.Array, cfg: ml_collections.ConfigDict,
                  step: jax.Array | None = None, teacher_state: Any = None
                  ) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
   """Method loss of the student in train mode; returns (loss, (metrics, new batch_stats)).
 
-  A method that `uses_teacher_tail` also gets the teacher module, its weights under stop_gradient."""
+  A method that `uses_teacher_tail` also gets the teacher module, its weights under stop_gradient.
+  The student computes in cfg.compute_dtype (its float32 params cast on the way in, so their
+  gradients come back float32); BatchNorm statistics stay float32 and the method loss sees float32
+  outputs.
+  """
   method = methods.get(cfg.method)
-  model = nnx.merge(graphs.student, params["student"], batch_stats, graphs.student_rest, copy=True)
+  dtype = jnp.dtype(cfg.compute_dtype)
+  model = nnx.merge(graphs.student, cast_floats(params['student'], dtype), batch_stats,
+                    graphs.student_rest, copy=True)
   nnx.reseed(model, dropout=rng)
-  student_out = model(x, train=True)
+  student_out = cast_floats(model(x.astype(dtype), train=True), jnp.float32)
   projector = None if graphs.projector is None else nnx.merge(graphs.projector,
                                                              params['projector'])
   extra = {}

@@ -16,7 +16,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax import nnx
 
-from lkd_jax import checkpoints, kernels, lock, optim, rundir, sharding
+from lkd_jax import checkpoints, cost, kernels, lock, optim, rundir, sharding
 from lkd_jax import evaluate as eval_lib
 from lkd_jax import teacher as teacher_lib
 from lkd_jax import data as data_lib
@@ -53,15 +53,30 @@ def validate(config: ml_collections.ConfigDict, workdir: str, pending_stages: tu
   if config.total_steps < 0 or (config.total_steps == 0 and config.epochs <= 0):
     raise SetupError(f'The run has no steps (total_steps={config.total_steps}, '
                      f'epochs={config.epochs}): set total_steps > 0 or epochs > 0.')
-  for key in ('batch_size', 'eval_batch_size'):
-    try:
-      sharding.check_batch_size(config[key], sharding.make_mesh(), key)
-    except ValueError as e:
-      raise SetupError(str(e)) from None
+  config.compute_dtype = resolve_compute_dtype(config.compute_dtype, jax.default_backend())
+  try:
+    mesh = sharding.make_mesh(fsdp=config.mesh.fsdp)
+    for key in ('batch_size', 'eval_batch_size'):
+      sharding.check_batch_size(config[key], mesh, key)
+  except ValueError as e:
+    raise SetupError(str(e)) from None
   kernels.resolve(config, jax.default_backend())  # an unknown kernel name fails here.
   if method.needs_teacher:
     teacher_lib.check(config, workdir, pending_stages)
   return config, method
+
+
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+def resolve_compute_dtype(name: str, platform: str) -> str:
+  """The student's compute dtype: `name`, or for 'auto' bfloat16 on GPU/TPU and float32 on CPU
+  (XLA:CPU has no fast bfloat16 convolutions)."""
+  if name == 'auto':
+    return 'float32' if platform == 'cpu' else 'bfloat16'
+  if name not in COMPUTE_DTYPES:
+    raise SetupError(f'compute_dtype={name!r}: use one of {", ".join(COMPUTE_DTYPES)} or auto.')
+  return name
 
 
 def _total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
@@ -147,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info('%s already finished with this config: reading its %s.', workdir, rundir.FINAL_FILE)
     return status.result
   kern = kernels.resolve(config, jax.default_backend())
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(fsdp=config.mesh.fsdp)
   data = data_lib.build(config)
   teacher = _load_teacher(config, workdir, mesh, data, kern) if method.needs_teacher else None
   with lock.hold(workdir):
@@ -157,11 +172,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return _train(config, workdir, method, mesh, data, teacher, kern, writers)
 
 
+def _compile(train_fn, teacher_fn, state, teacher_state, batch, mesh
+             ) -> tuple[Any, Any, dict[str, float] | None]:
+  """The compiled step and teacher forward (ahead of time) and, with a teacher, the step's FLOP split."""
+  train_fn = train_fn.lower(state, teacher_state, batch).compile()
+  if teacher_fn is None:
+    return train_fn, None, None
+  teacher_fn = teacher_fn.lower(teacher_state, batch).compile()
+  record = cost.teacher_share(cost.flops(train_fn), cost.flops(teacher_fn), mesh.devices.size)
+  logging.info('%s', cost.describe(record))
+  return train_fn, teacher_fn, record
+
+
+def _time_teacher(record: dict[str, float], teacher_fn, teacher_state, batch,
+                  step_seconds: float) -> dict[str, float]:
+  """`record` with the compiled teacher forward timed alone against the measured step time."""
+  record = dict(record, **cost.time_share(step_seconds,
+                                          cost.time_call(teacher_fn, teacher_state, batch)))
+  logging.info('%s', cost.describe(record))
+  return record
+
+
 def _load_teacher(config: ml_collections.ConfigDict, workdir: str, mesh: sharding.Mesh,
                   data: data_lib.Dataset, kern: Kernels) -> tuple[Any, Any, dict[str, Any]]:
   """(graphdef, state on the mesh, source) of the frozen teacher, checked on the eval split."""
   graph, state, source = teacher_lib.load(config, workdir, config.num_classes, kern)
-  state = sharding.put_replicated(state, mesh)
+  state = sharding.put_params(state, mesh)
   source['check'] = eval_lib.check_teacher(
       graph, state, data.eval(), mesh, config.num_classes,
       num_batches=config.teacher.check_batches, dtype=config.teacher.dtype,
@@ -171,13 +207,18 @@ def _load_teacher(config: ml_collections.ConfigDict, workdir: str, mesh: shardin
 
 
 def jit_train_step(config: ml_collections.ConfigDict, graphs: step_lib.Graphs,
-                   tx: optax.GradientTransformation, lr_fn: Any, mesh: sharding.Mesh) -> Any:
+                   tx: optax.GradientTransformation, lr_fn: Any, mesh: sharding.Mesh,
+                   state: step_lib.TrainState, teacher_state: Any) -> Any:
   """The run's jitted step (state, teacher_state, batch) -> (state, metrics): step.train_step for
-  `config` on `mesh`, the state donated (benchmarks/kd_step.py times this very function)."""
+  `config` on `mesh`, state and teacher sharded by sharding.param_shardings (FSDP), the state
+  donated (benchmarks/kd_step.py times this very function)."""
+  state_sh = sharding.param_shardings(state, mesh)
+  teacher_sh = sharding.param_shardings(teacher_state, mesh)
   repl, batch_sh = sharding.replicated(mesh), sharding.batch_sharded(mesh)
   return xla_options.jit(
       functools.partial(step_lib.train_step, graphs=graphs, tx=tx, lr_fn=lr_fn, cfg=config),
-      in_shardings=(repl, repl, batch_sh), out_shardings=(repl, repl), donate_argnums=(0,))
+      in_shardings=(state_sh, teacher_sh, batch_sh), out_shardings=(state_sh, repl),
+      donate_argnums=(0,))
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Method,
@@ -204,7 +245,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
   tx, lr_fn = optim.make(config, total_steps, steps_per_epoch)
   state, graphs = init_state(config, student, projector, tx)
   graphs = graphs._replace(teacher=teacher_graph)
-  state = sharding.put_replicated(state, mesh)
+  state = sharding.put_params(state, mesh)
 
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   mngr = checkpoints.manager(ckpt_dir, max_to_keep=config.keep_checkpoints)
@@ -214,7 +255,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
     start = int(state.step)
     logging.info('Resumed from %s at step %d.', ckpt_dir, start)
 
-  train_fn = jit_train_step(config, graphs, tx, lr_fn, mesh)
+  train_fn = jit_train_step(config, graphs, tx, lr_fn, mesh, state, teacher_state)
+  teacher_fn = None if teacher_graph is None else xla_options.jit(
+      functools.partial(step_lib.teacher_only, graph=teacher_graph, cfg=config),
+      in_shardings=(sharding.param_shardings(teacher_state, mesh), sharding.batch_sharded(mesh)))
   eval_fn = xla_options.jit(functools.partial(step_lib.eval_step, graph=graphs.student,
                                               rest=graphs.student_rest))
 
@@ -234,10 +278,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every)
   prev, t_log, last_log_step = None, time.time(), start
+  teacher_cost, timed = None, teacher_fn is None
   train_iter = sharding.prefetch_to_mesh(data.train(start), mesh)
   try:
     for step in range(start + 1, total_steps + 1):
       batch = next(train_iter)
+      if step == start + 1:  # compiled ahead of the first call, to read its cost analysis
+        train_fn, teacher_fn, teacher_cost = _compile(train_fn, teacher_fn, state, teacher_state,
+                                                      batch, mesh)
+        t_log = time.time()
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = train_fn(state, teacher_state, batch)
       if prev is not None:
@@ -249,6 +298,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
         scalars = {f'train/{k}': float(v) for k, v in jax.device_get(metrics).items()}
         dt = time.time() - t_log
         scalars['train/img_per_sec'] = (step - last_log_step) * config.batch_size / max(dt, 1e-9)
+        if not timed and (last_log_step > start or is_last):  # the first interval warms up
+          teacher_cost = _time_teacher(teacher_cost, teacher_fn, teacher_state, batch,
+                                       dt / (step - last_log_step))
+          timed = True
         writer.write_scalars(step, scalars)
         t_log, last_log_step = time.time(), step
       if (eval_every and step % eval_every == 0) and not is_last:
@@ -285,5 +338,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
   result['config_digest'] = rundir.config_digest(config)
   if teacher_source is not None:
     result['teacher'] = teacher_source
+  if teacher_cost is not None:
+    result['teacher_cost'] = teacher_cost
   rundir.write_final(result, workdir)
   return result

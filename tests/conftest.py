@@ -39,3 +39,33 @@ def tiny_run_config(**overrides):
   c.mix.update(mixup_alpha=0.8, cutmix_alpha=1.0)
   c.update_from_flattened_dict(overrides)
   return c
+
+
+def kd_setup(cfg):
+  """A resnet_atto student (seed 0) and frozen teacher (seed 1) for `cfg`'s step: (graphs with the
+  teacher, tx, lr_fn, state, teacher state, a batch of 16 synthetic images)."""
+  from flax import nnx
+  from lkd_jax import models, optim, train
+  from lkd_jax.data import synthetic
+  student = models.create('resnet_atto', num_classes=10, seed=0)
+  t_graph, t_state = nnx.split(models.create('resnet_atto', num_classes=10, seed=1))
+  tx, lr_fn = optim.make(cfg, 10)
+  state, graphs = train.init_state(cfg, student, None, tx)
+  images, labels = synthetic.make_split(0, 'train', 16, 32)
+  return graphs._replace(teacher=t_graph), tx, lr_fn, state, t_state, {'image': images,
+                                                                       'label': labels}
+
+
+def run_kd_steps(cfg, mesh, steps: int):
+  """`steps` of the run's jitted step (train.jit_train_step) on `mesh` from kd_setup, one batch
+  repeated: (state, teacher state, losses)."""
+  from lkd_jax import sharding, train
+  graphs, tx, lr_fn, state, t_state, batch = kd_setup(cfg)
+  state, t_state = sharding.put_params(state, mesh), sharding.put_params(t_state, mesh)
+  fn = train.jit_train_step(cfg, graphs, tx, lr_fn, mesh, state, t_state)
+  batch = sharding.global_batch(batch, mesh)
+  losses = []
+  for _ in range(steps):
+    state, metrics = fn(state, t_state, batch)
+    losses.append(float(metrics['loss']))
+  return state, t_state, losses

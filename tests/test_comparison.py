@@ -68,8 +68,8 @@ def test_seed_summary_gives_mean_and_std_of_every_cell(tmp_path, capsys):
 
 def test_comparison_job_end_to_end(tmp_path):
   c = teachers.get_config('teachers=slak_atto+vit_legacy_atto,steps=3,teacher_steps=4,batch=16,'
-                          'num_train=32,teacher_num_train=32,erf_images=2')
-  c.data.num_eval = 32
+                          'num_train=32,teacher_num_train=32,erf_images=1')
+  c.data.num_eval = 16
   c.eval_batch_size = 16
   c.eval_every = 0
   c.eval_options.update(num_eval=16, corruptions=('contrast',), severities=(3,))

@@ -370,7 +370,7 @@ def check_teacher(graph: Any, state: Any, batches: Iterable[dict], mesh: shardin
   if num_batches <= 0:
     return {'verdict': 'skipped'}
   fn = xla_options.jit(functools.partial(_teacher_sums, graph=graph, dtype=dtype))
-  state = sharding.put_replicated(state, mesh)
+  state = sharding.put_params(state, mesh)  # a sharded (FSDP) teacher stays sharded
   totals = None
   for batch in sharding.prefetch_to_mesh(itertools.islice(iter(batches), num_batches), mesh):
     out = fn(state, batch)
