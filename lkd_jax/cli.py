@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
+from typing import Callable
 
 
 def json_object(text: str) -> dict:
@@ -26,3 +28,17 @@ def quiet_orbax(record: logging.LogRecord) -> bool:
     return True
   record.exc_info, record.exc_text = None, None
   return record.levelno >= logging.WARNING
+
+
+def quiet_closed_loop(hook: Callable = sys.__unraisablehook__) -> Callable:
+  """A sys.unraisablehook dropping 'Event loop is closed' RuntimeErrors and passing the rest to `hook`.
+
+  After one async checkpoint write fails (disk full), orbax closes its event loop while tensorstore's
+  other writes are still pending; each of them then reports this error as unraisable, with a
+  traceback that would bury the one-line error naming the fix.
+  """
+  def unraisablehook(unraisable):
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+      hook(unraisable)
+  return unraisablehook

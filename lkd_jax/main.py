@@ -127,6 +127,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
   del argv
   logging.get_absl_handler().addFilter(cli.quiet_orbax)
+  sys.unraisablehook = cli.quiet_closed_loop(sys.unraisablehook)
   from lkd_jax.kernels.host_malloc import tune_host_malloc
   malloc_tuned = tune_host_malloc(FLAGS.config.get('host_malloc', 'auto'))  # before JAX's threads start.
   import jax

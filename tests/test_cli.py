@@ -1,5 +1,6 @@
 """Shared CLI pieces: the orbax log filter that main (and a notebook) adds to absl's handler."""
 import logging
+import types
 import sys
 
 from lkd_jax import cli
@@ -19,3 +20,13 @@ def test_quiet_orbax_drops_orbax_info_and_shortens_its_warnings():
   assert cli.quiet_orbax(warning) and warning.exc_info is None  # one line, no traceback
   other = _record('/work/lkd_jax/train.py', logging.INFO)
   assert cli.quiet_orbax(other) and other.exc_info is not None
+
+
+def test_quiet_closed_loop_drops_only_the_closed_event_loop_reports():
+  seen = []
+  hook = cli.quiet_closed_loop(seen.append)
+  closed = types.SimpleNamespace(exc_value=RuntimeError('Event loop is closed'))
+  other = types.SimpleNamespace(exc_value=RuntimeError('something else'))
+  hook(closed)
+  hook(other)
+  assert seen == [other]
