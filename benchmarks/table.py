@@ -28,23 +28,24 @@ def _name(model: str) -> str:
   return DISPLAY.get(model, model)
 
 
-def depthwise_row(c: dict) -> list[str]:
-  """One case of benchmarks/depthwise.py as table cells (times in ms, one decimal)."""
-  ms = lambda k: f'{c[k]:.1f}'
-  return [f"s{c['stage']} {c['hw']}x{c['hw']}x{c['c']}", f"{c['kernel']} ({c['kind']})",
-          str(c['batch']), c['auto_impl'], ms('jax_fwd'),
-          f"{ms('torch_nchw_fwd')} / {ms('torch_channels_last_fwd')}", ms('jax_fwd_bwd'),
-          f"{ms('torch_nchw_fwd_bwd')} / {ms('torch_channels_last_fwd_bwd')}",
-          f"{c['ratio_fwd']:.2f}", f"{c['ratio_fwd_bwd']:.2f}",
-          f"{c['ratio_vs_best_torch_fwd_bwd']:.2f}"]
-
-
 def depthwise_table(result: dict) -> str:
-  """The whole table of a depthwise.py result."""
-  header = ['stage map', 'kernel', 'batch', 'JAX impl (inference/training)', 'JAX fwd',
-            'torch fwd NCHW / CL', 'JAX fwd+bwd', 'torch fwd+bwd NCHW / CL', 'ratio fwd (vs NCHW)',
-            'ratio fwd+bwd (vs NCHW)', 'ratio fwd+bwd vs best torch']
-  return _table(header, [depthwise_row(c) for c in result['cases']])
+  """A depthwise.py result, one row per stage shape and kernel with its batch sizes side by side."""
+  groups: dict[tuple, list[dict]] = {}
+  for c in result['cases']:
+    groups.setdefault((c['stage'], c['hw'], c['c'], c['kernel'], c['kind']), []).append(c)
+  batches = ' / '.join(str(c['batch']) for c in next(iter(groups.values())))
+  header = ['stage map', 'kernel', 'JAX impl (inference/training)', f'JAX fwd+bwd ms (batch {batches})',
+            'torch NCHW fwd+bwd ms', 'ratio fwd+bwd vs NCHW', 'ratio fwd+bwd vs best torch',
+            'ratio fwd vs NCHW']
+  rows = []
+  for (stage, hw, ch, kernel, kind), cases in groups.items():
+    per = lambda fmt, key: ' / '.join(fmt.format(c[key]) for c in cases)
+    impls = list(dict.fromkeys(c['auto_impl'] for c in cases))  # one entry where the batches agree
+    rows.append([f's{stage} {hw}x{hw}x{ch}', f'{kernel} ({kind})', '; '.join(impls),
+                 per('{:.1f}', 'jax_fwd_bwd'),
+                 per('{:.1f}', 'torch_nchw_fwd_bwd'), per('{:.2f}', 'ratio_fwd_bwd'),
+                 per('{:.2f}', 'ratio_vs_best_torch_fwd_bwd'), per('{:.2f}', 'ratio_fwd')])
+  return _table(header, rows)
 
 
 def kd_step_table(result: dict) -> str:
