@@ -25,6 +25,7 @@ def test_default_selection_covers_both_pipelines():
   recipes = [{k: v for k, v in c.stage_overrides[s].to_dict().items() if k != 'model'}
              for s in c.stages if s.startswith('teacher_')]
   assert all(r == recipes[0] for r in recipes)
+  assert recipes[0]['optim'] == {'lr': 5e-4} and 'optim' not in c.stage_overrides.student_resnet_atto
   with pytest.raises(ValueError, match='distinct names'):
     teachers.get_config('teachers=slak_atto+slak_atto')
 
