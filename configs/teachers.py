@@ -14,7 +14,7 @@ embedded corruption suite, teacher-student agreement and the convergence curves.
 
 The teacher recipe is one recipe for every family (same data, steps, optimiser, schedule and
 augmentation): the demo's, with the peak learning rate `teacher_lr` (5e-4). At the demo's 2e-3,
-ConvNeXt and Swin stay at chance for 1,000-2,000 steps while SLaK learns; at 5e-4 all three learn
+Swin stays at chance for 2,000 steps and ConvNeXt for 600 while SLaK learns; at 5e-4 all three learn
 (README, "The paper's question on the embedded task", has the runs). Only the model's shape is set
 for 64 px inputs (TEACHER_KWARGS), and the two ConvNeXt-block families start their layer scale at 1
 alike — no family's recipe is tuned more than another's.
