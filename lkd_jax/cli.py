@@ -21,10 +21,11 @@ def json_object(text: str) -> dict:
 
 
 def quiet_orbax(record: logging.LogRecord) -> bool:
-  """A logging filter keeping orbax's warnings and errors, one line each (its info lines dropped): a
-  writer thread's failure is raised again in the main thread, where it is reported (as one line
-  naming the fix). main adds it to absl's handler; so can a notebook."""
-  if '/orbax/' not in record.pathname:
+  """A logging filter keeping orbax's warnings and errors, and those of the asyncio loops its writers
+  run on, without tracebacks (orbax's info lines dropped): a writer's failure is raised again in the
+  main thread, where it is reported (as one line naming the fix). main adds it to absl's handler; so
+  can a notebook."""
+  if '/orbax/' not in record.pathname and record.name != 'asyncio':
     return True
   record.exc_info, record.exc_text = None, None
   return record.levelno >= logging.WARNING

@@ -6,12 +6,12 @@ import sys
 from lkd_jax import cli
 
 
-def _record(path: str, level: int) -> logging.LogRecord:
+def _record(path: str, level: int, name: str = 'absl') -> logging.LogRecord:
   try:
     raise OSError('disk full')
   except OSError:
     exc = sys.exc_info()
-  return logging.LogRecord('absl', level, path, 1, 'msg', None, exc)
+  return logging.LogRecord(name, level, path, 1, 'msg', None, exc)
 
 
 def test_quiet_orbax_drops_orbax_info_and_shortens_its_warnings():
@@ -20,6 +20,9 @@ def test_quiet_orbax_drops_orbax_info_and_shortens_its_warnings():
   assert cli.quiet_orbax(warning) and warning.exc_info is None  # one line, no traceback
   other = _record('/work/lkd_jax/train.py', logging.INFO)
   assert cli.quiet_orbax(other) and other.exc_info is not None
+  # 'Task exception was never retrieved' from the event loop of a failed orbax write: one line.
+  task = _record('/lib/python3.11/asyncio/base_events.py', logging.ERROR, name='asyncio')
+  assert cli.quiet_orbax(task) and task.exc_info is None
 
 
 def test_quiet_closed_loop_drops_only_the_closed_event_loop_reports():
