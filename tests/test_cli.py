@@ -1,7 +1,7 @@
 """Shared CLI pieces: the orbax log filter that main (and a notebook) adds to absl's handler."""
 import logging
-import types
 import sys
+import types
 
 from lkd_jax import cli
 
