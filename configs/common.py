@@ -44,6 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 50
   c.eval_every = 0             # 0: evaluate only at the end.
   c.eval_every_epochs = 0.0    # > 0 overrides eval_every with that many epochs of steps.
+  c.target_accuracy = 0.0      # > 0: training ends at the first periodic eval whose top-1 reaches it.
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
   c.depthwise_impl = 'auto'

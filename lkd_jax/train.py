@@ -50,6 +50,11 @@ def validate(config: ml_collections.ConfigDict, workdir: str, pending_stages: tu
       projectors.parse_stages(config.fd_stages)
     except ValueError as e:
       raise SetupError(str(e)) from None
+  target = config.get('target_accuracy', 0.0)
+  if not 0.0 <= target <= 1.0 or (target and not (config.eval_every or
+                                                  config.get('eval_every_epochs', 0))):
+    raise SetupError(f'target_accuracy={target} must be a top-1 fraction in [0, 1] (0: off) and '
+                     'needs periodic evaluation (eval_every > 0 or eval_every_epochs > 0).')
   if config.total_steps < 0 or (config.total_steps == 0 and config.epochs <= 0):
     raise SetupError(f'The run has no steps (total_steps={config.total_steps}, '
                      f'epochs={config.epochs}): set total_steps > 0 or epochs > 0.')
@@ -279,9 +284,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
                                              every_steps=config.log_every)
   prev, t_log, last_log_step = None, time.time(), start
   teacher_cost, timed = None, teacher_fn is None
+  target = config.get('target_accuracy', 0.0)
+  # A run resumed at an evaluation step that had reached the target ends there, as it did.
+  reached = bool(target and start and start % eval_every == 0
+                 and do_eval(state)['accuracy'] >= target)
   train_iter = sharding.prefetch_to_mesh(data.train(start), mesh)
+  step = start
   try:
-    for step in range(start + 1, total_steps + 1):
+    for step in range(start + 1, (start if reached else total_steps) + 1):
       batch = next(train_iter)
       if step == start + 1:  # compiled ahead of the first call, to read its cost analysis
         train_fn, teacher_fn, teacher_cost = _compile(train_fn, teacher_fn, state, teacher_state,
@@ -306,15 +316,22 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
         t_log, last_log_step = time.time(), step
       if (eval_every and step % eval_every == 0) and not is_last:
         with progress.timed('eval'):
-          writer.write_scalars(step, {f'eval/{k}': v for k, v in do_eval(state).items()})
+          out = do_eval(state)
+          writer.write_scalars(step, {f'eval/{k}': v for k, v in out.items()})
+        reached = bool(target and out['accuracy'] >= target)
+        if reached:
+          logging.info('Eval top-1 %.4f reached target_accuracy %.4f at step %d: training ends.',
+                       out['accuracy'], target, step)
       preempted = mngr.reached_preemption(step)
-      if step % config.checkpoint_every == 0 or is_last or preempted:
+      if step % config.checkpoint_every == 0 or is_last or preempted or reached:
         _check_finite(metrics, step, mngr)
         checkpoints.save(mngr, step, state, force=True)
       if preempted:
         checkpoints.wait(mngr)
         raise SystemExit(f'Preempted: saved step {step} to {ckpt_dir}; rerun the same command '
                          'to resume.')
+      if reached:
+        break
   except BaseException:
     # Let a pending save finish (a kill keeps the last step); its own failure would only repeat
     # the error already on its way out.
@@ -330,11 +347,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
         [s for s in config.evals.split('+') if s], config, mesh,
         ema=None if state.ema is None else (state.ema['params'], state.ema['batch_stats']),
         teacher=None if teacher_graph is None else (teacher_graph, teacher_state))
-  writer.write_scalars(total_steps, {f'eval/{k}': v for k, v in rundir.flatten(result).items()
-                                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
+  writer.write_scalars(step, {f'eval/{k}': v for k, v in rundir.flatten(result).items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
   writer.flush()
   mngr.close()
-  result['step'] = total_steps
+  result['step'] = step
   result['config_digest'] = rundir.config_digest(config)
   if teacher_source is not None:
     result['teacher'] = teacher_source

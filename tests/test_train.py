@@ -15,6 +15,7 @@ def _params(workdir):
     return mngr.latest_step(), checkpoints.restore_raw(mngr)
 
 
+@pytest.mark.heavy
 def test_kill_and_resume_is_bitwise_equal(tmp_path, monkeypatch):
   cfg = tiny_run_config(ema_decay=0.9, **{'model.kwargs': {'drop_path_rate': 0.2}})
   full = train.train_and_evaluate(cfg, str(tmp_path / 'full'))
@@ -68,4 +69,23 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_bad_config_fails_before_writing_anything(tmp_path, override, message):
   with pytest.raises(ValueError, match=message):
     train.train_and_evaluate(tiny_run_config(**override), str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_target_accuracy_ends_training_at_the_first_eval_reaching_it_and_on_resume(tmp_path):
+  workdir = str(tmp_path / 'run')
+  cfg = tiny_run_config(eval_every=2, target_accuracy=0.01)  # any eval above 1% top-1
+  result = train.train_and_evaluate(cfg, workdir)
+  assert result['step'] == 2 and result['accuracy'] >= 0.01
+  assert _params(workdir)[0] == 2
+  # Killed after the stopping checkpoint, before the record: the resumed run ends at step 2 too.
+  os.remove(os.path.join(workdir, 'final_metrics.json'))
+  again = train.train_and_evaluate(cfg, workdir)
+  assert again['step'] == 2 and again['accuracy'] == result['accuracy']
+  assert _params(workdir)[0] == 2
+
+
+def test_target_accuracy_needs_periodic_evaluation(tmp_path):
+  with pytest.raises(ValueError, match='target_accuracy=0.5 .* needs periodic evaluation'):
+    train.train_and_evaluate(tiny_run_config(target_accuracy=0.5), str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
