@@ -149,15 +149,16 @@ def _student_table(student: str, rows: list[Distilled], results: dict[str, Any],
 
 def _teacher_table(rows: list[Distilled], results: dict[str, Any],
                    erfs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-  """The teachers' own top-1, ERF areas and corrupted error."""
+  """The teachers' own top-1, training steps (fewer than scheduled where a target accuracy ended
+  training), ERF areas and corrupted error."""
   thresholds = erf_lib.THRESHOLDS
-  columns = [('pipeline', 'text'), ('teacher', 'text'), ('top-1 (%)', 'pct')]
+  columns = [('pipeline', 'text'), ('teacher', 'text'), ('top-1 (%)', 'pct'), ('steps', 'count')]
   columns += [(f'ERF area t={t:g} (%)', 'pct') for t in thresholds]
   columns += [('corrupted error (%)', 'pct')]
   body = []
   for stage, teacher in dict.fromkeys((r.teacher_stage, r.teacher) for r in rows):
     areas = {a['threshold']: a['area_ratio'] for a in erfs[stage]['areas']}
-    body.append([pipeline(teacher), teacher, _accuracy(results, stage)]
+    body.append([pipeline(teacher), teacher, _accuracy(results, stage), results[stage].get('step')]
                 + [areas.get(t) for t in thresholds] + [_eval(results, stage, SUITE, 'mean_error')])
   return {'title': 'teachers', 'columns': [{'name': n, 'fmt': f} for n, f in columns],
           'rows': body}

@@ -42,8 +42,9 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 # A table cell's format: its value is a fraction (pct), a difference of fractions (gain: points),
-# an Effective Gain (ratio) or a label (text); None is '-'.
-FORMATS = {'pct': ('{:.2f}', 100.0), 'gain': ('{:+.2f}', 100.0), 'ratio': ('{:+.4f}', 1.0)}
+# an Effective Gain (ratio), a count (steps) or a label (text); None is '-'.
+FORMATS = {'pct': ('{:.2f}', 100.0), 'gain': ('{:+.2f}', 100.0), 'ratio': ('{:+.4f}', 1.0),
+           'count': ('{:.0f}', 1.0)}
 
 
 def format_cell(values: list[Any], fmt: str) -> str:
@@ -55,7 +56,8 @@ def format_cell(values: list[Any], fmt: str) -> str:
     return str(values[0])
   pattern, scale = FORMATS[fmt]
   mean, std = _mean_std([scale * v for v in values])
-  return pattern.format(mean) + (f' ± {std:.{4 if fmt == "ratio" else 2}f}' if len(values) > 1 else '')
+  digits = {'ratio': 4, 'count': 0}.get(fmt, 2)
+  return pattern.format(mean) + (f' ± {std:.{digits}f}' if len(values) > 1 else '')
 
 
 def tables_markdown(tables: list[dict[str, Any]], combined: bool = False) -> str:
