@@ -17,6 +17,12 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(items):
+  """Heavy end-to-end tests first, so that the xdist workers share them instead of one worker
+  running the last of them alone."""
+  items.sort(key=lambda item: item.get_closest_marker('heavy') is None)
+
+
 @pytest.fixture(scope='session', autouse=True)
 def _eight_devices():
   assert jax.device_count() == 8, 'tests expect 8 fake CPU devices (XLA_FLAGS set too late?)'

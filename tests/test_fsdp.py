@@ -20,6 +20,7 @@ def _largest(tree):
   return max(jax.tree.leaves(tree), key=lambda x: x.size)
 
 
+@pytest.mark.heavy
 def test_fsdp_matches_data_parallel_shards_large_tensors_and_restores_across_meshes(tmp_path):
   mesh4, s4, t4, loss4 = _run(fsdp=4)
   mesh1, s1, _, loss1 = _run(fsdp=1)

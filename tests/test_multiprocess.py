@@ -9,6 +9,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from lkd_jax import checkpoints, models, rundir, train
 from lkd_jax.convert import save_converted
@@ -58,6 +59,7 @@ def _params(run_dir: str, step: int) -> dict:
     return checkpoints.restore_raw(mngr, step)
 
 
+@pytest.mark.heavy
 def test_two_processes_resume_a_distillation_run_as_one_process_does(tmp_path):
   teacher = save_converted(models.create('resnet_atto', num_classes=10, seed=1), tmp_path / 'teacher',
                            {'model': 'resnet_atto', 'num_classes': 10})

@@ -4,6 +4,7 @@ import os
 import pathlib
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -59,6 +60,7 @@ def test_notebook_is_committed_without_outputs():
   assert all(f'{k} = ' in parameters for k in TINY), 'the test sets parameters the notebook lacks'
 
 
+@pytest.mark.heavy
 def test_notebook_runs_headless_on_cpu(tmp_path, monkeypatch):
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   monkeypatch.setenv('XLA_FLAGS', '')  # one CPU device, as on a Colab CPU runtime

@@ -207,6 +207,7 @@ def small_disk(tmp_path):
   subprocess.run(['umount', '-l', str(mount)], check=False)
 
 
+@pytest.mark.heavy
 def test_full_disk_is_one_line_and_keeps_the_complete_checkpoints(small_disk):
   workdir = small_disk / 'W'
   out = _cli('--config=configs/demo.py:teacher=resnet_atto,teacher_steps=60,teacher_num_train=32,'

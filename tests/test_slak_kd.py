@@ -64,6 +64,7 @@ def test_main_without_imagenet_names_manual_dir_and_exits_nonzero(tmp_path):
   assert not workdir.exists()  # nothing written before the data check
 
 
+@pytest.mark.heavy
 def test_main_two_steps_on_mock_imagenet_with_tiny_models(tmp_path):
   teacher = models.create('slak_atto', num_classes=1000, seed=3)
   ckpt = save_converted(teacher, tmp_path / 'teacher', {'model': 'slak_atto', 'num_classes': 1000})
@@ -93,6 +94,7 @@ def _image_folder(root, splits: tuple[str, ...], classes=('cat', 'dog', 'emu'), 
   return f'folder:{root}'
 
 
+@pytest.mark.heavy
 def test_main_on_an_image_folder_takes_eval_split_and_num_classes_from_it(tmp_path):
   dataset = _image_folder(tmp_path / 'data', ('train', 'val'))
   workdir = tmp_path / 'run'

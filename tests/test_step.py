@@ -4,6 +4,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from lkd_jax import models, optim, sharding, train
@@ -35,6 +36,7 @@ def _run(mesh, fn, state, t_state, batch, steps=2):
   return jax.device_get(state), out, t_state
 
 
+@pytest.mark.heavy
 def test_eight_devices_match_one_device():
   cfg = tiny_run_config(method='kd', **{'teacher.name': 'slak_atto'})
   fn, state, t_state, batch, _ = _setup(cfg)
@@ -51,6 +53,7 @@ def test_eight_devices_match_one_device():
   assert moved > 1e-5, 'the step did not update the student'
 
 
+@pytest.mark.heavy
 def test_teacher_unchanged_and_gets_zero_gradient():
   cfg = tiny_run_config(method='kd', **{'teacher.name': 'slak_atto'})
   fn, state, t_state, batch, graphs = _setup(cfg)

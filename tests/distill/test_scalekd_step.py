@@ -4,6 +4,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from lkd_jax import checkpoints, models, optim, sharding, train
@@ -70,6 +71,7 @@ def test_scalekd_loss_on_eight_devices_matches_one_device():
     np.testing.assert_allclose(m8[k], m1[k], rtol=1e-4, err_msg=k)
 
 
+@pytest.mark.heavy
 def test_scalekd_run_end_to_end_checkpoints_and_exports(tmp_path):
   """train_and_evaluate with a converted Swin teacher: 2 steps, eval, CAPs checkpointed, student exported."""
   teacher_kw = {'img_size': 64, 'window_size': 4}

@@ -57,6 +57,7 @@ def test_drop_path_ramp(name):
   assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.2) and rates == sorted(rates)
 
 
+@pytest.mark.heavy
 def test_paper_sizes():
   """Dense parameter counts and GMACs (224x224) of the paper's SLaK models; ResNet-50 as a sanity check."""
   expected = {'slak_t': (50_703_838, 8.70), 'slak_s': (91_131_820, None), 'slak_b': (157_950_792, None),
