@@ -28,6 +28,11 @@ RESUME_NEUTRAL_KEYS = frozenset({
     'log_every', 'checkpoint_every', 'keep_checkpoints', 'eval_every', 'eval_every_epochs',
     'host_malloc', 'data.data_dir', 'data.threads', 'data.prefetch', 'data.cache_eval',
     'teacher.allow_partial'})
+# Keys added after runs were recorded, at the value that keeps the old behaviour: left out of the
+# identity, so that upgrading lkd_jax does not orphan a run recorded before the key existed.
+ABSENT_DEFAULTS = {'target_accuracy': 0.0}
+# How often a run evaluates decides where a target accuracy ends it.
+EVAL_KEYS = frozenset({'eval_every', 'eval_every_epochs'})
 
 
 class StageMismatch(SetupError):
@@ -56,9 +61,12 @@ def config_text(config: ml_collections.ConfigDict) -> str:
 
 
 def identity(config_dict: dict[str, Any]) -> dict[str, Any]:
-  """The flat config that decides a run's numbers (RESUME_NEUTRAL_KEYS dropped), JSON-normalised."""
+  """The flat config that decides a run's numbers (RESUME_NEUTRAL_KEYS and ABSENT_DEFAULTS
+  dropped; the eval keys kept where a target accuracy depends on them), JSON-normalised."""
   flat = flatten(json.loads(json.dumps(config_dict, default=str)))
-  return {k: v for k, v in flat.items() if k not in RESUME_NEUTRAL_KEYS}
+  neutral = RESUME_NEUTRAL_KEYS - (EVAL_KEYS if flat.get('target_accuracy') else frozenset())
+  return {k: v for k, v in flat.items()
+          if k not in neutral and not (k in ABSENT_DEFAULTS and v == ABSENT_DEFAULTS[k])}
 
 
 def config_digest(config: ml_collections.ConfigDict) -> str:

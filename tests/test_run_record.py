@@ -241,3 +241,17 @@ def test_configured_evals_land_in_final_metrics(tmp_path):
   assert evals == json.loads(json.dumps(final['evals']))
   assert evals['raw']['synthetic']['top1'] == pytest.approx(final['accuracy'])
   assert set(evals['raw']['synthetic_c']['error']) == {'contrast'}
+
+
+def test_a_key_added_later_at_its_default_keeps_older_runs_the_same_run():
+  old = tiny_run_config().to_dict()
+  del old['target_accuracy']  # recorded before the key existed
+  assert rundir.differing_keys(old, tiny_run_config().to_dict()) == []
+  assert rundir.differing_keys(old, tiny_run_config(target_accuracy=0.5, eval_every=2).to_dict()) == [
+      "eval_every: '<absent>' -> 2", "eval_every_epochs: '<absent>' -> 0.0",
+      "target_accuracy: '<absent>' -> 0.5"]
+  # With a target, how often the run evaluates decides where it ends: no longer resume-neutral.
+  a, b = (tiny_run_config(target_accuracy=0.5, eval_every=e).to_dict() for e in (2, 3))
+  assert rundir.differing_keys(a, b) == ['eval_every: 2 -> 3']
+  assert rundir.differing_keys(tiny_run_config(eval_every=2).to_dict(),
+                               tiny_run_config(eval_every=3).to_dict()) == []
