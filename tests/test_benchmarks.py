@@ -86,6 +86,7 @@ def test_depthwise_script():
     assert_torch_side(result, c, ['ratio_fwd', 'ratio_fwd_bwd', 'ratio'])
 
 
+@pytest.mark.heavy
 def test_kd_step_script():
   # The teacher in bfloat16, as `auto` runs it on a GPU or TPU.
   result = run_script('kd_step.py', '--pairs', 'slak_atto:resnet_atto', '--size', '32', '--batch', '2',
@@ -178,6 +179,7 @@ def test_teacher_forward_script():
   assert_torch_skipped(result, 'slak_atto')
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize('script,args,time_keys', [
     ('dense_conv.py', ['--batch', '1', '--only', 'r50_l1_1x1_64_64'],
      ['jax_xla_fwd', 'jax_xla_fwd_bwd', 'jax_matmul_fwd', 'jax_matmul_fwd_bwd']),
@@ -194,6 +196,7 @@ def test_small_scripts(script, args, time_keys):
     assert_times(row, time_keys)
 
 
+@pytest.mark.heavy
 def test_input_pipeline_script():
   result = run_script('input_pipeline.py', '--sources', 'synthetic', '--synthetic', '8', '--batch', '4',
                       '--warmup', '1', '--seconds', '0.5', '--stage-seconds', '0.2',
@@ -209,7 +212,6 @@ def test_input_pipeline_script():
 
 @pytest.mark.parametrize('readme,result_file', [
     ('benchmarks/README.md', 'depthwise_cpu.json'),
-    ('README.md', 'kd_step_cpu_three_pairs_own_processes.json'),
     ('benchmarks/README.md', 'teacher_forward_cpu.json'),
     ('benchmarks/README.md', 'kd_step_cpu_three_pairs_own_processes.json'),
 ])
