@@ -47,12 +47,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every = 50
   c.eval_every = 100  # eval top-1 curves (report --plot); evaluation never changes the training
   c.checkpoint_every = 200
-  # XLA's conv, not the CPU matmul forms `auto` picks: they train resnet_atto faster (162-163 ->
-  # 179-196 img/s) but slak_atto, 2,000 of the demo's 2,800 steps, slower (283-285 -> 258-270 img/s;
-  # train/img_per_sec at steps 250/300 of `configs/demo.py:teacher_steps=300,steps=300` with
-  # `--config.conv_impl=xla` / `auto`, 2-core CPU), and XLA's keeps README's demo tables reproducible.
-  c.conv_impl = 'xla'
-  c.layer_norm_impl = 'reduce'  # nnx's reductions, as when README's demo tables were made.
   c.data.update(source='synthetic', seed=0, num_train=a.num_train, num_eval=2048, image_size=64,
                 shift=4)
   c.optim.update(lr=2e-3, min_lr=1e-5, warmup_steps=50, weight_decay=0.05, grad_clip=5.0)

@@ -15,17 +15,19 @@ def test_default_selection_covers_both_pipelines():
   families = {comparison.pipeline(c.stage_overrides[s].model.name) for s in c.stages
               if s.startswith('teacher_')}
   assert families == {'large-kernel ConvNets', 'small-kernel ConvNets', 'Transformers'}
-  assert c.stages == ('teacher_slak_atto', 'teacher_convnext_atto', 'teacher_swin_atto',
+  assert c.stages == ('teacher_slak_atto', 'teacher_convnext_atto', 'teacher_vit_legacy_atto',
                       'student_resnet_atto', 'resnet_atto_from_slak_atto_kd',
-                      'resnet_atto_from_convnext_atto_kd', 'resnet_atto_from_swin_atto_kd')
-  d = c.stage_overrides.resnet_atto_from_swin_atto_kd
-  assert (d.method, d.teacher.name, d.teacher.checkpoint) == ('kd', 'swin_atto',
-                                                             'stage:teacher_swin_atto')
+                      'resnet_atto_from_convnext_atto_kd', 'resnet_atto_from_vit_legacy_atto_kd')
+  d = c.stage_overrides.resnet_atto_from_vit_legacy_atto_kd
+  assert (d.method, d.teacher.name, d.teacher.checkpoint) == ('kd', 'vit_legacy_atto',
+                                                             'stage:teacher_vit_legacy_atto')
   # One recipe for every teacher: only the model differs between teacher stages.
   recipes = [{k: v for k, v in c.stage_overrides[s].to_dict().items() if k != 'model'}
              for s in c.stages if s.startswith('teacher_')]
   assert all(r == recipes[0] for r in recipes)
   assert recipes[0]['optim'] == {'lr': 5e-4} and 'optim' not in c.stage_overrides.student_resnet_atto
+  assert (recipes[0]['target_accuracy'], recipes[0]['total_steps']) == (0.75, 8000)
+  assert 'target_accuracy' not in c.stage_overrides.student_resnet_atto
   with pytest.raises(ValueError, match='distinct names'):
     teachers.get_config('teachers=slak_atto+slak_atto')
 
@@ -67,9 +69,10 @@ def test_seed_summary_gives_mean_and_std_of_every_cell(tmp_path, capsys):
   assert '| swin | 85.00 ± 7.07 | - | - |' in out
 
 
+@pytest.mark.heavy
 def test_comparison_job_end_to_end(tmp_path):
   c = teachers.get_config('teachers=slak_atto+vit_legacy_atto,steps=3,teacher_steps=4,batch=16,'
-                          'num_train=32,teacher_num_train=32,erf_images=1')
+                          'num_train=32,teacher_num_train=32,erf_images=1,teacher_target=0')
   c.data.num_eval = 16
   c.eval_batch_size = 16
   c.eval_every = 0
@@ -102,6 +105,7 @@ def test_comparison_job_end_to_end(tmp_path):
     assert 0 <= c_error <= 1
     assert (agreement is None) == row[0].endswith('(CE)')
   assert [r[1] for r in teacher_table['rows']] == ['slak_atto', 'vit_legacy_atto']
+  assert [r[3] for r in teacher_table['rows']] == [4, 4]  # steps trained
   for f in stored['figures']:
     assert (tmp_path / f).stat().st_size > 1000
   assert rep == stored
