@@ -285,9 +285,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
   prev, t_log, last_log_step = None, time.time(), start
   teacher_cost, timed = None, teacher_fn is None
   target = config.get('target_accuracy', 0.0)
-  # A run resumed at an evaluation step that had reached the target ends there, as it did.
-  reached = bool(target and start and start % eval_every == 0
-                 and do_eval(state)['accuracy'] >= target)
+  out, reached = None, False
+  if target and start and start % eval_every == 0:
+    # A run resumed at an evaluation step that had reached the target ends there, as it did.
+    out = do_eval(state)
+    reached = out['accuracy'] >= target
   train_iter = sharding.prefetch_to_mesh(data.train(start), mesh)
   step = start
   try:
@@ -318,7 +320,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
         with progress.timed('eval'):
           out = do_eval(state)
           writer.write_scalars(step, {f'eval/{k}': v for k, v in out.items()})
-        reached = bool(target and out['accuracy'] >= target)
+        reached = bool(target) and out['accuracy'] >= target
         if reached:
           logging.info('Eval top-1 %.4f reached target_accuracy %.4f at step %d: training ends.',
                        out['accuracy'], target, step)
@@ -339,7 +341,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, method: methods.Meth
       mngr.wait_until_finished()
     raise
   checkpoints.wait(mngr)
-  result = do_eval(state)
+  result = dict(out) if reached else do_eval(state)  # the evaluation that ended the run, once
   _check_final(result, mngr)
   if config.evals:
     result['evals'] = eval_lib.run_suite(
