@@ -42,9 +42,10 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 # A table cell's format: its value is a fraction (pct), a difference of fractions (gain: points),
-# an Effective Gain (ratio), a count (steps) or a label (text); None is '-'.
-FORMATS = {'pct': ('{:.2f}', 100.0), 'gain': ('{:+.2f}', 100.0), 'ratio': ('{:+.4f}', 1.0),
-           'count': ('{:.0f}', 1.0)}
+# an Effective Gain (ratio), a count (steps) or a label (text); None is '-'. Each numeric format is
+# (pattern of the mean, scale, decimals of the std).
+FORMATS = {'pct': ('{:.2f}', 100.0, 2), 'gain': ('{:+.2f}', 100.0, 2), 'ratio': ('{:+.4f}', 1.0, 4),
+           'count': ('{:.0f}', 1.0, 0)}
 
 
 def format_cell(values: list[Any], fmt: str) -> str:
@@ -54,9 +55,8 @@ def format_cell(values: list[Any], fmt: str) -> str:
     return '-'
   if fmt == 'text':
     return str(values[0])
-  pattern, scale = FORMATS[fmt]
+  pattern, scale, digits = FORMATS[fmt]
   mean, std = _mean_std([scale * v for v in values])
-  digits = {'ratio': 4, 'count': 0}.get(fmt, 2)
   return pattern.format(mean) + (f' ± {std:.{digits}f}' if len(values) > 1 else '')
 
 
